@@ -1,0 +1,202 @@
+"""Training data: nnU-Net v2 raw data sets -> canonical volumes, object extraction, synthetic volumes.
+
+Canonical arrays follow docs/ARCHITECTURE.md: image float32 ``(Z, Y, X)`` (NIfTI voxel axes reversed:
+``data.transpose(2, 1, 0)``), labels uint8 ``(Z, Y, X)``, spacing ``(sz, sy, sx)`` in mm.
+
+An *object* is a 3D connected component (26-connectivity) of one label value spanning at least
+``MIN_OBJECT_SLICES`` slices and ``MIN_OBJECT_VOXELS`` voxels (the evaluation's definition).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+MIN_OBJECT_SLICES = 2
+MIN_OBJECT_VOXELS = 50
+
+
+@dataclass
+class Case:
+    """One volume: ``image`` float32 ``(Z, Y, X)``, ``labels`` uint8 ``(Z, Y, X)``, ``spacing`` (sz, sy, sx)."""
+
+    name: str
+    dataset: str
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+@dataclass
+class ObjectInfo:
+    """One object of a case: its id in the case's object map, label value, and per-slice geometry.
+
+    ``z_first..z_last`` is the slice range; ``areas[i]`` and ``boxes[i]`` (inclusive ``(y0, x0, y1, x1)``,
+    all -1 when empty) describe slice ``z_first + i``.
+    """
+
+    object_id: int
+    label: int
+    z_first: int
+    z_last: int
+    areas: np.ndarray
+    boxes: np.ndarray
+
+    @property
+    def largest_slice(self) -> int:
+        return self.z_first + int(np.argmax(self.areas))
+
+
+@dataclass
+class ObjectVolume:
+    """A case with its object map (int16 ``(Z, Y, X)``; 0 = no object, ``k`` = ``objects[k - 1]``)."""
+
+    case: Case
+    object_map: np.ndarray
+    objects: list[ObjectInfo] = field(default_factory=list)
+
+
+def read_dataset_json(dataset_dir: pathlib.Path) -> dict:
+    path = pathlib.Path(dataset_dir) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{dataset_dir} is not an nnU-Net raw data set: no dataset.json")
+    return json.loads(path.read_text())
+
+
+def list_cases(dataset_dir: pathlib.Path) -> list[str]:
+    """Case ids (sorted) that have a label file in ``labelsTr``."""
+    info = read_dataset_json(dataset_dir)
+    ending = info.get("file_ending", ".nii.gz")
+    labels_dir = pathlib.Path(dataset_dir) / "labelsTr"
+    return sorted(path.name[: -len(ending)] for path in labels_dir.glob(f"*{ending}"))
+
+
+def read_case(dataset_dir: pathlib.Path, case_id: str) -> Case:
+    """Load ``imagesTr/<case>_0000`` and ``labelsTr/<case>`` as canonical ``(Z, Y, X)`` arrays."""
+    import nibabel as nib  # imported lazily: inference never needs it
+
+    dataset_dir = pathlib.Path(dataset_dir)
+    ending = read_dataset_json(dataset_dir).get("file_ending", ".nii.gz")
+    image_nii = nib.load(str(dataset_dir / "imagesTr" / f"{case_id}_0000{ending}"))
+    label_nii = nib.load(str(dataset_dir / "labelsTr" / f"{case_id}{ending}"))
+    image = np.ascontiguousarray(np.asarray(image_nii.dataobj, dtype=np.float32).transpose(2, 1, 0))
+    labels = np.ascontiguousarray(np.asarray(label_nii.dataobj).astype(np.uint8).transpose(2, 1, 0))
+    if image.shape != labels.shape:
+        raise ValueError(f"{case_id}: image {image.shape} and labels {labels.shape} differ")
+    zooms = image_nii.header.get_zooms()[:3]
+    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    return Case(case_id, dataset_dir.name, image, labels, spacing)
+
+
+def find_objects(labels: np.ndarray) -> tuple[np.ndarray, list[ObjectInfo]]:
+    """Objects of a label volume: ``(object_map int16 (Z, Y, X), objects)`` (see module docstring)."""
+    object_map = np.zeros(labels.shape, dtype=np.int16)
+    objects: list[ObjectInfo] = []
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for label in np.unique(labels):
+        if label == 0:
+            continue
+        components, count = ndimage.label(labels == label, structure=structure)
+        for index, slices in enumerate(ndimage.find_objects(components), start=1):
+            if slices is None:
+                continue
+            component = components[slices] == index
+            if component.sum() < MIN_OBJECT_VOXELS or component.shape[0] < MIN_OBJECT_SLICES:
+                continue
+            object_id = len(objects) + 1
+            object_map[slices][component] = object_id
+            areas = component.sum(axis=(1, 2)).astype(np.int64)
+            boxes = np.full((component.shape[0], 4), -1, dtype=np.int64)
+            for z in range(component.shape[0]):
+                if areas[z]:
+                    rows = np.flatnonzero(component[z].any(axis=1))
+                    cols = np.flatnonzero(component[z].any(axis=0))
+                    boxes[z] = (
+                        rows[0] + slices[1].start,
+                        cols[0] + slices[2].start,
+                        rows[-1] + slices[1].start,
+                        cols[-1] + slices[2].start,
+                    )
+            objects.append(
+                ObjectInfo(object_id, int(label), slices[0].start, slices[0].stop - 1, areas, boxes)
+            )
+        del components, count
+    return object_map, objects
+
+
+def object_volume(case: Case) -> ObjectVolume:
+    object_map, objects = find_objects(case.labels)
+    return ObjectVolume(case, object_map, objects)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Synthetic volumes: random smooth 3D shapes with organ- and lesion-like textures.
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int) -> np.ndarray:
+    """Zero-mean unit-ish smooth noise ``shape`` made by upsampling a coarse random grid."""
+    grid = rng.standard_normal(
+        (max(2, shape[0] // coarse + 2), max(2, shape[1] // coarse + 2), max(2, shape[2] // coarse + 2))
+    )
+    zoom = [target / source for target, source in zip(shape, grid.shape, strict=True)]
+    field_ = ndimage.zoom(grid, zoom, order=1)[: shape[0], : shape[1], : shape[2]]
+    return field_.astype(np.float32)
+
+
+def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
+    """A random volume with 1-4 smooth objects (some touching), varied contrast, noise, scale and spacing.
+
+    Returns a ``Case`` whose labels are 1..n (one value per object); shapes about
+    ``(20-60, 72-128, 72-128)``; spacing ``sy = sx`` in 0.6-1.5 mm, ``sz`` from isotropic to 5 mm.
+    """
+    in_plane = float(rng.uniform(0.6, 1.5))
+    z_spacing = float(rng.choice([in_plane, in_plane, 1.5, 2.0, 3.0, 5.0]))
+    depth = int(rng.integers(20, 61))
+    height = int(rng.integers(72, 129))
+    width = int(rng.integers(72, 129))
+    shape = (depth, height, width)
+    zz, yy, xx = np.meshgrid(
+        np.arange(depth, dtype=np.float32) * z_spacing,
+        np.arange(height, dtype=np.float32) * in_plane,
+        np.arange(width, dtype=np.float32) * in_plane,
+        indexing="ij",
+    )
+    background = 0.3 * _smooth_noise(rng, shape, int(rng.integers(6, 20))) + 0.15 * _smooth_noise(
+        rng, shape, 3
+    )
+    image = background + float(rng.uniform(-0.5, 0.5))
+    labels = np.zeros(shape, dtype=np.uint8)
+    extent_mm = np.array([depth * z_spacing, height * in_plane, width * in_plane], dtype=np.float32)
+    centre = extent_mm * rng.uniform(0.35, 0.65, size=3).astype(np.float32)
+    count = int(rng.integers(1, 5))
+    for value in range(1, count + 1):
+        lesion = rng.random() < 0.35
+        radii = rng.uniform(3.0, 10.0, size=3) if lesion else rng.uniform(7.0, 28.0, size=3)
+        radii[0] = max(radii[0], 1.6 * z_spacing)
+        if value > 1:  # neighbours sit next to (often touching) the first object
+            centre = centre + rng.normal(0.0, 1.0, size=3).astype(np.float32) * radii.astype(np.float32)
+        distance = (
+            ((zz - centre[0]) / radii[0]) ** 2
+            + ((yy - centre[1]) / radii[1]) ** 2
+            + ((xx - centre[2]) / radii[2]) ** 2
+        )
+        wobble = float(rng.uniform(0.1, 0.5)) * _smooth_noise(rng, shape, int(rng.integers(4, 12)))
+        inside = (distance + wobble) < 1.0
+        if inside.sum() < MIN_OBJECT_VOXELS:
+            continue
+        labels[inside] = value
+        contrast = float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.25, 1.5))
+        texture = float(rng.uniform(0.0, 0.4)) * _smooth_noise(rng, shape, int(rng.integers(2, 6)))
+        if lesion and rng.random() < 0.5:  # rim-enhancing lesion: brighter edge, darker core
+            texture = texture + 0.6 * contrast * (np.sqrt(np.clip(distance, 0, 1)) - 0.5)
+        image[inside] = (background + contrast + texture)[inside]
+    noise_level = float(rng.uniform(0.02, 0.35))
+    image = image + noise_level * rng.standard_normal(shape).astype(np.float32)
+    if rng.random() < 0.5:  # bias field, like MR
+        image = image * (1.0 + 0.3 * _smooth_noise(rng, shape, 24))
+    image = image * float(10 ** rng.uniform(-1, 3)) + float(rng.uniform(-500, 500))
+    return Case(name, "synthetic", image.astype(np.float32), labels, (z_spacing, in_plane, in_plane))

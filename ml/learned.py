@@ -1,0 +1,248 @@
+"""The learned slice predictor: Box2Mask for prompt slices, PropMask for propagation (a ``SlicePredictor``).
+
+Per call it crops a square around the object (``CROP_SCALE`` x the box, at least ``MIN_CROP_SIDE``
+voxels, padded at the slice edges), resizes to the network input, windows, runs the network and pastes the
+probabilities back at full size. All geometry lives in ``ml/preprocess.py``, shared with training.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_weights
+from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
+from ml.networks import Box2Mask, PropMask
+from ml.predictor import SliceClick, Window
+from ml.preprocess import (
+    CropBox,
+    box2mask_inputs,
+    box2mask_window,
+    box_of_mask,
+    images_to_network,
+    masks_to_network,
+    paste_back,
+    square_crop,
+)
+
+CLICK_ONLY_SIDE_MM = 48.0
+"""First-pass crop side for a click without box or prior (the second pass re-crops around the result)."""
+PROPAGATION_CHUNK = 8
+"""Adjacent slices per PropMask forward pass (slices are independent; this only trades memory for speed)."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_image(image: np.ndarray, name: str, ndim: int) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}D, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _check_spacing(spacing_yx: tuple[float, float]) -> None:
+    if len(spacing_yx) != 2 or not all(float(value) > 0 for value in spacing_yx):
+        raise ValueError(f"spacing_yx must be two values > 0 mm, got {spacing_yx}")
+
+
+class LearnedPredictor:
+    """``SlicePredictor`` backed by trained Box2Mask + PropMask networks (see ``ml/predictor.py``)."""
+
+    name = "learned"
+
+    def __init__(
+        self,
+        box2mask: Box2Mask,
+        propmask: PropMask,
+        device: str | torch.device | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if box2mask.config.input_size != propmask.config.input_size:
+            raise ValueError("Box2Mask and PropMask must share one input size")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.box2mask = box2mask.to(self.device).eval()
+        self.propmask = propmask.to(self.device).eval()
+        self.metadata = dict(metadata or {})
+        self.input_size = propmask.config.input_size
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_untrained(
+        cls,
+        config: str | tuple[Box2MaskConfig, PropMaskConfig] = "fast",
+        device: str | torch.device | None = None,
+    ) -> LearnedPredictor:
+        """Randomly initialised networks (for shape tests and speed benchmarks only, never a product default).
+
+        Args:
+            config: a preset name (``"fast"``, ``"paper"``) or a ``(Box2MaskConfig, PropMaskConfig)`` pair.
+        """
+        if isinstance(config, str):
+            if config not in PRESETS:
+                raise ValueError(f"unknown preset {config!r}; choose one of {sorted(PRESETS)}")
+            config = PRESETS[config]
+        box_config, prop_config = config
+        return cls(Box2Mask(box_config), PropMask(prop_config), device, metadata={"untrained": True})
+
+    # ------------------------------------------------------------------ prompt slice
+
+    def prompt_mask(
+        self,
+        image: np.ndarray,
+        spacing_yx: tuple[float, float],
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        clicks: Sequence[SliceClick] = (),
+        prior: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """bool ``(Y, X)`` mask on one slice from a box and/or clicks (optionally correcting ``prior``)."""
+        image = _check_image(image, "image", 2)
+        _check_spacing(spacing_yx)
+        height, width = image.shape
+        if box is not None:
+            y0, x0, y1, x1 = (int(value) for value in box)
+            if y1 < y0 or x1 < x0:
+                raise ValueError(f"box {box} is empty (need y0 <= y1 and x0 <= x1)")
+            if y1 < 0 or x1 < 0 or y0 >= height or x0 >= width:
+                raise ValueError(f"box {box} lies outside the {height}x{width} slice")
+            box = (max(y0, 0), max(x0, 0), min(y1, height - 1), min(x1, width - 1))
+        for click in clicks:
+            if not (0 <= click.y < height and 0 <= click.x < width):
+                raise ValueError(f"click ({click.y}, {click.x}) lies outside the {height}x{width} slice")
+        if prior is not None:
+            prior = np.asarray(prior, dtype=bool)
+            if prior.shape != image.shape:
+                raise ValueError(f"prior mask has shape {prior.shape}, the slice is {image.shape}")
+            if not prior.any():
+                prior = None
+        if box is None and not clicks:
+            raise ValueError("prompt_mask needs a box or at least one click")
+        positive = [(float(click.y), float(click.x)) for click in clicks if click.positive]
+        negative = [(float(click.y), float(click.x)) for click in clicks if not click.positive]
+        if box is None and prior is None and not positive:
+            raise ValueError("a prompt without box or prior mask needs at least one positive click")
+
+        if box is None and prior is None:
+            # Click only: a first pass on a default-size crop, then a second pass boxed to what it found.
+            side = max(round(CLICK_ONLY_SIDE_MM / min(spacing_yx)), MIN_CROP_SIDE)
+            anchor_y, anchor_x = positive[0]
+            crop = CropBox(int(anchor_y) - side // 2, int(anchor_x) - side // 2, side)
+            first = self._run_box2mask(
+                image, crop, box2mask_window(image, crop), None, positive, negative, None
+            )
+            if not first.any():
+                return first
+            found = box_of_mask(first)
+            crop = square_crop(found, CROP_SCALE)
+            return self._run_box2mask(
+                image, crop, box2mask_window(image, crop), None, positive, negative, None
+            )
+
+        extent = self._extent(box, prior, positive + negative)
+        crop = square_crop(extent, CROP_SCALE)
+        window = box2mask_window(image, box if box is not None else extent)
+        return self._run_box2mask(image, crop, window, box, positive, negative, prior)
+
+    @staticmethod
+    def _extent(
+        box: tuple[int, int, int, int] | None, prior: np.ndarray | None, points: list[tuple[float, float]]
+    ) -> tuple[int, int, int, int]:
+        """Inclusive box covering the box, the prior mask and the clicks."""
+        corners: list[tuple[int, int, int, int]] = []
+        if box is not None:
+            corners.append(box)
+        if prior is not None:
+            corners.append(box_of_mask(prior))
+        corners.extend((int(y), int(x), int(y), int(x)) for y, x in points)
+        array = np.array(corners)
+        return int(array[:, 0].min()), int(array[:, 1].min()), int(array[:, 2].max()), int(array[:, 3].max())
+
+    def _run_box2mask(
+        self,
+        image: np.ndarray,
+        crop: CropBox,
+        window: Window,
+        box: tuple[int, int, int, int] | None,
+        positive: list[tuple[float, float]],
+        negative: list[tuple[float, float]],
+        prior: np.ndarray | None,
+    ) -> np.ndarray:
+        inputs = box2mask_inputs(
+            image, crop, window, self.input_size, box=box, positive=positive, negative=negative, prior=prior
+        )
+        with self._lock, torch.inference_mode():
+            logits = self.box2mask(inputs[None].to(self.device), all_heads=False)[0]
+        probabilities = torch.sigmoid(logits[:, 0]).cpu()
+        return paste_back(probabilities, crop, image.shape)[0] >= 0.5
+
+    # ------------------------------------------------------------------ propagation
+
+    def propagate(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        guide_distances: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """float32 ``(K, Y, X)`` probabilities on ``targets``; slices judged object-free are all zero."""
+        guide_image = _check_image(guide_image, "guide_image", 2)
+        targets = _check_image(targets, "targets", 3)
+        _check_spacing(spacing_yx)
+        guide_mask = np.asarray(guide_mask, dtype=bool)
+        if guide_mask.shape != guide_image.shape:
+            raise ValueError(
+                f"guide_mask has shape {guide_mask.shape}, the guide slice is {guide_image.shape}"
+            )
+        if targets.shape[1:] != guide_image.shape:
+            raise ValueError(f"targets are {targets.shape[1:]} slices, the guide is {guide_image.shape}")
+        if not guide_mask.any():
+            raise ValueError("guide_mask is empty: nothing to propagate")
+        size = self.input_size
+        crop = square_crop(box_of_mask(guide_mask), CROP_SCALE)
+        guide = images_to_network(guide_image[None], crop, window, size)[None].to(self.device)
+        guide_net_mask = masks_to_network(guide_mask[None], crop, size)[None].to(self.device)
+        chunks = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, targets.shape[0], PROPAGATION_CHUNK):
+                adjacent = images_to_network(targets[start : start + PROPAGATION_CHUNK], crop, window, size)
+                output = self.propmask(guide, guide_net_mask, adjacent[None].to(self.device), all_heads=False)
+                probabilities = torch.sigmoid(output.masks[0][0])
+                if output.present is not None:
+                    present = torch.sigmoid(output.present[0]) >= 0.5
+                    probabilities = probabilities * present[:, None, None]
+                chunks.append(probabilities.cpu())
+        return paste_back(torch.cat(chunks), crop, guide_image.shape)
+
+
+def load_learned_predictor(
+    weights_dir: pathlib.Path | None = None, device: str | torch.device | None = None
+) -> LearnedPredictor:
+    """The shipped predictor from ``weights_dir`` (default ``ml/weights/``); CUDA when available, else CPU.
+
+    Raises:
+        FileNotFoundError: the weights file is missing.
+    """
+    directory = pathlib.Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"learned weights not found at {path}; train with `python -m ml.train` and export with "
+            f"`python -m ml.checkpoint export ml/runs/<name>/best.pt`, or use the classical engine"
+        )
+    box2mask, propmask, metadata = load_weights(path)
+    return LearnedPredictor(box2mask, propmask, device, metadata)

@@ -1,0 +1,726 @@
+"""Train Box2Mask (+ clicks) and PropMask together: ``python -m ml.train``.
+
+PropSAM task sampling (reference/propsam_method.md 1.6, issue 4):
+
+* PropMask task: one object, a guide slice (often near the object's ends), ``adjacent_slices`` targets within
+  20 mm (biased towards the guide and, near the ends, outwards so that many targets are empty: they teach
+  the object-present head where to stop), a square crop 1-2x the guide box with a jittered centre, the
+  window from the guide foreground's 0.5-99.5 percentiles (jittered), one random flip/rot90/rotation/scale for
+  the whole task, intensity augmentation, and a corrupted guide mask for half of the tasks (eroded, dilated,
+  boundary noise, or the mask of a neighbouring slice: what the model's own drifting prediction looks like).
+* Box2Mask sample: an object slice with a box jittered like a user draws it (55%), a click-only prompt
+  (20%), or a correction (25%: a corrupted prior mask, clicks at the centres of its largest error regions,
+  a box half of the time).
+
+Loss: batch soft Dice + BCE at every deep-supervision level (weights halving per level), plus BCE on the
+object-present logits. Progress, losses and validation Dice go to ``<run>/log.jsonl`` and stdout.
+Validation: every ``--val-minutes``, objects of fixed validation cases are segmented in 3D from a box and
+from a mask prompt on their largest slice with the ``LearnedPredictor`` and a simple outward loop; the
+mean box-prompt Dice over data sets picks ``best.pt``. ``last.pt`` is written every ``--checkpoint-minutes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ml.checkpoint import load_training_state, save_training_state
+from ml.config import MIN_CROP_SIDE, PRESETS, slices_per_side
+from ml.data import ObjectVolume, list_cases, object_volume, read_case, synthetic_case
+from ml.learned import LearnedPredictor
+from ml.networks import Box2Mask, PropMask
+from ml.predictor import window_from_mask
+from ml.preprocess import (
+    CropBox,
+    box2mask_inputs,
+    box2mask_window,
+    box_of_mask,
+    images_to_network,
+    masks_to_network,
+    square_crop,
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+SPLITS_FILE = pathlib.Path(__file__).resolve().parent / "splits.json"
+TRAIN_DATASETS = ("Dataset001_Hippocampus", "Dataset002_LeftAtrium")
+MIN_GUIDE_AREA = 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Task sampling
+
+
+@dataclass
+class PropBatch:
+    """``guide``/``guide_mask`` ``(B, 1, S, S)``, ``adjacent``/``target`` ``(B, K, S, S)``, ``present (B, K)``."""
+
+    guide: torch.Tensor
+    guide_mask: torch.Tensor
+    adjacent: torch.Tensor
+    target: torch.Tensor
+    present: torch.Tensor
+
+
+class TaskSampler:
+    """Draws PropMask tasks and Box2Mask samples from weighted pools of ``ObjectVolume``s."""
+
+    def __init__(self, pools: dict[str, list[ObjectVolume]], weights: dict[str, float], seed: int) -> None:
+        self.pools = {name: [v for v in pool if v.objects] for name, pool in pools.items()}
+        self.pools = {name: pool for name, pool in self.pools.items() if pool}
+        if not self.pools:
+            raise ValueError("no training volumes with objects")
+        self.names = sorted(self.pools)
+        total = sum(weights.get(name, 1.0) for name in self.names)
+        self.probabilities = [weights.get(name, 1.0) / total for name in self.names]
+        self.rng = np.random.default_rng(seed)
+
+    def _pick_object(self) -> tuple[ObjectVolume, Any]:
+        pool = self.pools[self.names[self.rng.choice(len(self.names), p=self.probabilities)]]
+        volume = pool[self.rng.integers(len(pool))]
+        return volume, volume.objects[self.rng.integers(len(volume.objects))]
+
+    def _object_slice(self, volume: ObjectVolume, obj: Any, z: int) -> np.ndarray:
+        return volume.object_map[z] == obj.object_id
+
+    # ----------------------------------------------------------------- PropMask
+
+    def propmask_batch(self, tasks: int, adjacent: int, size: int) -> PropBatch:
+        parts = [self._propmask_task(adjacent, size) for _ in range(tasks)]
+        guide, guide_mask, images, targets = (torch.stack([part[i] for part in parts]) for i in range(4))
+        return PropBatch(
+            guide[:, None], guide_mask[:, None], images, targets, (targets.flatten(2).amax(2) > 0).float()
+        )
+
+    def _propmask_task(self, count: int, size: int) -> tuple[torch.Tensor, ...]:
+        rng = self.rng
+        volume, obj = self._pick_object()
+        image, spacing = volume.case.image, volume.case.spacing
+        depth = image.shape[0]
+        valid = np.flatnonzero(obj.areas >= MIN_GUIDE_AREA) + obj.z_first
+        if valid.size == 0:
+            valid = np.flatnonzero(obj.areas > 0) + obj.z_first
+        near_end = rng.random() < 0.5
+        if near_end:
+            edge = min(3, valid.size)
+            guide_z = int(rng.choice(valid[:edge]) if rng.random() < 0.5 else rng.choice(valid[-edge:]))
+            outward = -1 if guide_z - obj.z_first < obj.z_last - guide_z else 1
+            direction = outward if rng.random() < 0.75 else -outward
+        else:
+            guide_z = int(rng.choice(valid))
+            direction = 1 if rng.random() < 0.5 else -1
+        reach = slices_per_side(spacing[0])
+        offsets = []
+        for _ in range(count):
+            step = (
+                int(rng.integers(1, reach + 1))
+                if rng.random() < 0.5
+                else int(rng.integers(1, min(reach, 4) + 1))
+            )
+            sign = direction if rng.random() < 0.85 else -direction
+            z = guide_z + sign * step
+            if not 0 <= z < depth:
+                z = guide_z - sign * step
+            offsets.append(int(np.clip(z, 0, depth - 1)))
+        guide_truth = self._object_slice(volume, obj, guide_z)
+        guide_used = guide_truth
+        corruption = rng.random()
+        if corruption < 0.2:  # a neighbour's true mask on this image: like a guide that drifted one step
+            neighbour = guide_z + int(rng.choice([-2, -1, 1, 2]))
+            if (
+                obj.z_first <= neighbour <= obj.z_last
+                and obj.areas[neighbour - obj.z_first] >= MIN_GUIDE_AREA
+            ):
+                guide_used = self._object_slice(volume, obj, neighbour)
+        scale = float(rng.uniform(1.0, 2.0))
+        crop = square_crop(box_of_mask(guide_used), scale, shift=tuple(rng.uniform(-0.12, 0.12, size=2)))
+        window = window_from_mask(image[guide_z], guide_used)
+        width = window.high - window.low
+        window = type(window)(
+            window.low + rng.normal(0, 0.05) * width, window.high + rng.normal(0, 0.05) * width
+        )
+        slices = np.concatenate([image[guide_z][None], image[offsets]])
+        images = images_to_network(slices, crop, window, size)
+        guide_net = masks_to_network(guide_used[None], crop, size)
+        targets = masks_to_network(volume.object_map[offsets] == obj.object_id, crop, size)
+        if 0.2 <= corruption < 0.55:
+            guide_net = corrupt_masks(guide_net, rng)
+        images, masks = augment_geometry(images, torch.cat([guide_net, targets]), rng)
+        images = augment_intensity(images, rng)
+        return images[0], masks[0], images[1:], masks[1:]
+
+    # ----------------------------------------------------------------- Box2Mask
+
+    def box2mask_batch(self, samples: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs (N, 5, S, S), target (N, 1, S, S))``."""
+        parts = [self._box2mask_sample(size) for _ in range(samples)]
+        return torch.stack([part[0] for part in parts]), torch.stack([part[1] for part in parts])
+
+    def _box2mask_sample(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng
+        volume, obj = self._pick_object()
+        valid = np.flatnonzero(obj.areas >= MIN_GUIDE_AREA) + obj.z_first
+        if valid.size == 0:
+            valid = np.flatnonzero(obj.areas > 0) + obj.z_first
+        z = int(rng.choice(valid))
+        image = volume.case.image[z]
+        truth = self._object_slice(volume, obj, z)
+        height, width = truth.shape
+        box = jitter_box(box_of_mask(truth), truth.shape, rng)
+        mode = rng.random()
+        positive: list[tuple[float, float]] = []
+        negative: list[tuple[float, float]] = []
+        prior = None
+        if mode < 0.55:
+            crop = square_crop(box, float(rng.uniform(1.2, 1.9)), shift=tuple(rng.normal(0, 0.03, size=2)))
+            window = box2mask_window(image, box)
+            prompt_box: tuple[int, int, int, int] | None = box
+        elif mode < 0.75:
+            positive.append(interior_point(truth, rng))
+            if rng.random() < 0.3:
+                positive.append(interior_point(truth, rng, deep=False))
+            y0, x0, y1, x1 = box_of_mask(truth)
+            side = max(round(max(y1 - y0 + 1, x1 - x0 + 1) * rng.uniform(1.3, 4.0)), MIN_CROP_SIDE)
+            jitter = rng.normal(0, 0.1, size=2) * side
+            crop = CropBox(
+                int(positive[0][0] + jitter[0]) - side // 2, int(positive[0][1] + jitter[1]) - side // 2, side
+            )
+            window = box2mask_window(image, crop)
+            prompt_box = None
+        else:
+            prior = corrupt_prior(truth, volume, obj, z, rng)
+            for _ in range(int(rng.integers(1, 4))):
+                click = error_click(truth, prior, positive, negative)
+                if click is None:
+                    break
+                (positive if click[2] else negative).append((click[0], click[1]))
+            prompt_box = box if rng.random() < 0.5 else None
+            corners = [box_of_mask(prior)] if prior.any() else []
+            if prompt_box is not None:
+                corners.append(prompt_box)
+            corners.extend((int(y), int(x), int(y), int(x)) for y, x in positive + negative)
+            if not corners:
+                corners.append(box)
+            array = np.array(corners)
+            extent = (
+                int(array[:, 0].min()),
+                int(array[:, 1].min()),
+                int(array[:, 2].max()),
+                int(array[:, 3].max()),
+            )
+            crop = square_crop(extent, float(rng.uniform(1.2, 1.9)), shift=tuple(rng.normal(0, 0.03, size=2)))
+            window = box2mask_window(image, prompt_box if prompt_box is not None else extent)
+            if not prior.any():
+                prior = None
+        inputs = box2mask_inputs(
+            image, crop, window, size, box=prompt_box, positive=positive, negative=negative, prior=prior
+        )
+        target = masks_to_network(truth[None], crop, size)
+        del height, width
+        stacked, target = augment_geometry(inputs, target, rng, rotate=False)
+        stacked[:1] = augment_intensity(stacked[:1], rng)
+        return stacked, target
+
+
+def jitter_box(
+    box: tuple[int, int, int, int], shape: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """A box as a user would draw it: each edge moved by ~5% of the extent (slightly outward on average)."""
+    y0, x0, y1, x1 = box
+    extent_y, extent_x = y1 - y0 + 1, x1 - x0 + 1
+    moves = rng.normal(0.03, 0.05, size=4) * np.array(
+        [extent_y, extent_x, extent_y, extent_x]
+    ) + rng.integers(-1, 2, size=4)
+    y0 = int(np.clip(round(y0 - moves[0]), 0, shape[0] - 1))
+    x0 = int(np.clip(round(x0 - moves[1]), 0, shape[1] - 1))
+    y1 = int(np.clip(round(y1 + moves[2]), y0, shape[0] - 1))
+    x1 = int(np.clip(round(x1 + moves[3]), x0, shape[1] - 1))
+    return y0, x0, y1, x1
+
+
+def interior_point(mask: np.ndarray, rng: np.random.Generator, deep: bool = True) -> tuple[float, float]:
+    """A random foreground point; with ``deep`` drawn from the inner half (by distance to the edge)."""
+    if deep:
+        distance = ndimage.distance_transform_edt(mask)
+        candidates = np.argwhere(distance >= 0.5 * distance.max())
+    else:
+        candidates = np.argwhere(mask)
+    y, x = candidates[rng.integers(len(candidates))]
+    return float(y), float(x)
+
+
+def error_click(
+    truth: np.ndarray, prior: np.ndarray, positive: list, negative: list
+) -> tuple[float, float, bool] | None:
+    """The click a careful user makes: centre of the largest error region (positive if missed)."""
+    error = truth ^ prior
+    for y, x in positive + negative:  # regions already clicked are considered handled
+        error[max(int(y) - 2, 0) : int(y) + 3, max(int(x) - 2, 0) : int(x) + 3] = False
+    if not error.any():
+        return None
+    regions, _ = ndimage.label(error)
+    sizes = np.bincount(regions.ravel())[1:]
+    largest = regions == (int(np.argmax(sizes)) + 1)
+    distance = ndimage.distance_transform_edt(largest)
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return float(y), float(x), bool(truth[y, x])
+
+
+def corrupt_prior(
+    truth: np.ndarray, volume: ObjectVolume, obj: Any, z: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A plausible wrong mask to correct: neighbour slice's mask, eroded/dilated, shifted, or with a blob."""
+    choice = rng.random()
+    if choice < 0.3:
+        neighbour = z + int(rng.choice([-3, -2, -1, 1, 2, 3]))
+        if obj.z_first <= neighbour <= obj.z_last:
+            return volume.object_map[neighbour] == obj.object_id
+    if choice < 0.55:
+        iterations = int(rng.integers(1, 4))
+        return (
+            ndimage.binary_dilation(truth, iterations=iterations)
+            if rng.random() < 0.5
+            else ndimage.binary_erosion(truth, iterations=iterations)
+        )
+    if choice < 0.75:
+        return np.roll(truth, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
+    prior = truth.copy()
+    y, x = interior_point(truth, rng, deep=False)
+    radius = max(2, int(np.sqrt(truth.sum()) * rng.uniform(0.15, 0.4)))
+    yy, xx = np.ogrid[: truth.shape[0], : truth.shape[1]]
+    blob = (yy - y - rng.integers(-radius, radius + 1)) ** 2 + (
+        xx - x - rng.integers(-radius, radius + 1)
+    ) ** 2 <= radius**2
+    prior[blob] = rng.random() < 0.5
+    return prior
+
+
+def corrupt_masks(masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Network-space guide-mask corruption ``(N, S, S)`` 0/1: erosion, dilation or smooth boundary noise."""
+    choice = rng.random()
+    radius = int(rng.integers(1, 4))
+    kernel = 2 * radius + 1
+    if choice < 0.3:
+        corrupted = F.max_pool2d(masks[:, None], kernel, stride=1, padding=radius)[:, 0]
+    elif choice < 0.6:
+        corrupted = -F.max_pool2d(-masks[:, None], kernel, stride=1, padding=radius)[:, 0]
+    else:
+        size = masks.shape[-1]
+        noise = torch.from_numpy(rng.standard_normal((masks.shape[0], 1, 6, 6)).astype(np.float32))
+        noise = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        soft = F.avg_pool2d(masks[:, None], 7, stride=1, padding=3)[:, 0]
+        corrupted = ((soft + float(rng.uniform(0.1, 0.35)) * noise) > 0.5).float()
+    return corrupted if corrupted.sum() > 0 else masks
+
+
+def augment_geometry(
+    images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator, rotate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same flips, rot90 and (optionally) small rotation/scale for all ``(C, S, S)`` images and masks."""
+    if rng.random() < 0.5:
+        images, masks = images.flip(-1), masks.flip(-1)
+    if rng.random() < 0.5:
+        images, masks = images.flip(-2), masks.flip(-2)
+    turns = int(rng.integers(0, 4))
+    if turns:
+        images, masks = torch.rot90(images, turns, (-2, -1)), torch.rot90(masks, turns, (-2, -1))
+    if rotate and rng.random() < 0.5:
+        angle = math.radians(float(rng.uniform(-30, 30)))
+        scale = float(rng.uniform(0.85, 1.15))
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=torch.float32)
+        grid = F.affine_grid(theta, [1, 1, *images.shape[-2:]], align_corners=False)
+        images = F.grid_sample(images[None] + 1.0, grid, mode="bilinear", align_corners=False)[0] - 1.0
+        masks = (F.grid_sample(masks[None], grid, mode="bilinear", align_corners=False)[0] > 0.5).float()
+    return images.contiguous(), masks.contiguous()
+
+
+def augment_intensity(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Gamma, contrast/brightness and noise on ``(C, S, S)`` images in [-1, 1] (same for all but the noise)."""
+    unit = (images + 1.0) / 2.0
+    if rng.random() < 0.3:
+        unit = unit.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.25)))
+    if rng.random() < 0.5:
+        unit = (unit - 0.5) * float(rng.uniform(0.75, 1.25)) + 0.5 + float(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.3:
+        unit = unit + float(rng.uniform(0.0, 0.06)) * torch.randn_like(unit)
+    return (unit * 2.0 - 1.0).clamp(-1.5, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss
+
+
+def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Batch soft Dice + BCE at every deep-supervision level (weights 1, 1/2, 1/4, ... normalised).
+
+    ``logits[i]`` is ``(N, C, S / 2**i, S / 2**i)``; ``target`` is 0/1 ``(N, C, S, S)``.
+    """
+    weights = [0.5**level for level in range(len(logits))]
+    total = torch.zeros((), device=target.device)
+    for weight, level_logits in zip(weights, logits, strict=True):
+        level_target = (
+            target
+            if level_logits.shape[-1] == target.shape[-1]
+            else F.interpolate(target, size=level_logits.shape[-2:], mode="area")
+        )
+        probabilities = torch.sigmoid(level_logits)
+        intersection = (probabilities * level_target).sum()
+        dice = 1.0 - (2.0 * intersection + 1.0) / (probabilities.sum() + level_target.sum() + 1.0)
+        bce = F.binary_cross_entropy_with_logits(level_logits, level_target)
+        total = total + weight * (dice + bce)
+    return total / sum(weights)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation: 3D segmentation of whole objects with the predictor and a simple outward loop
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    denominator = int(a.sum()) + int(b.sum())
+    return 1.0 if denominator == 0 else 2.0 * int((a & b).sum()) / denominator
+
+
+def segment_object(
+    predictor: LearnedPredictor,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    z: int,
+    prompt: np.ndarray,
+) -> np.ndarray:
+    """Propagate a 2D mask on slice ``z`` through the volume (PropSAM windows, stop at an empty boundary).
+
+    A compact loop for training-time validation only; the product loop is ``ml/propagation.py``.
+    """
+    result = np.zeros(image.shape, dtype=bool)
+    result[z] = prompt
+    if not prompt.any():
+        return result
+    window = window_from_mask(image[z], prompt)
+    reach = slices_per_side(spacing[0])
+    for direction in (1, -1):
+        guide_z, guide_mask = z, prompt
+        while True:
+            indices = [
+                guide_z + direction * step
+                for step in range(1, reach + 1)
+                if 0 <= guide_z + direction * step < image.shape[0]
+            ]
+            if not indices:
+                break
+            masks = (
+                predictor.propagate(image[guide_z], guide_mask, image[indices], window, spacing[1:]) >= 0.5
+            )
+            ended = False
+            for index, mask in zip(indices, masks, strict=True):
+                if not mask.any():
+                    ended = True
+                    break
+                result[index] = mask
+                guide_z, guide_mask = index, mask
+            if ended or guide_z != indices[-1]:
+                break
+    return result
+
+
+def load_validation_objects(
+    data_dir: pathlib.Path, per_dataset: dict[str, int]
+) -> list[tuple[str, ObjectVolume]]:
+    splits = json.loads(SPLITS_FILE.read_text())["datasets"]
+    volumes = []
+    for name, count in per_dataset.items():
+        if not (data_dir / name).is_dir():
+            continue
+        for case_id in splits[name]["val"][:count]:
+            volumes.append((name, object_volume(read_case(data_dir / name, case_id))))
+    return volumes
+
+
+def validate(predictor: LearnedPredictor, volumes: list[tuple[str, ObjectVolume]]) -> dict[str, float]:
+    """Mean 3D Dice per data set for box and mask prompts on each object's largest slice."""
+    scores: dict[str, list[float]] = {}
+    for dataset, volume in volumes:
+        image, spacing = volume.case.image, volume.case.spacing
+        for obj in volume.objects:
+            truth = volume.object_map == obj.object_id
+            z = obj.largest_slice
+            box = tuple(int(v) for v in obj.boxes[z - obj.z_first])
+            mask_prompt = segment_object(predictor, image, spacing, z, truth[z])
+            box_mask = predictor.prompt_mask(image[z], spacing[1:], box=box)
+            box_prompt = segment_object(predictor, image, spacing, z, box_mask)
+            scores.setdefault(f"{dataset}/mask", []).append(dice(mask_prompt, truth))
+            scores.setdefault(f"{dataset}/box", []).append(dice(box_prompt, truth))
+            scores.setdefault(f"{dataset}/box2d", []).append(dice(box_mask, truth[z]))
+    summary = {key: float(np.mean(values)) for key, values in scores.items()}
+    box_means = [value for key, value in summary.items() if key.endswith("/box")]
+    summary["score"] = float(np.mean(box_means)) if box_means else 0.0
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Main loop
+
+
+def build_pools(
+    data_dir: pathlib.Path, datasets: list[str], synthetic: int, seed: int, log: Any
+) -> dict[str, list[ObjectVolume]]:
+    splits = json.loads(SPLITS_FILE.read_text())["datasets"]
+    pools: dict[str, list[ObjectVolume]] = {}
+    for name in datasets:
+        directory = data_dir / name
+        if not directory.is_dir():
+            raise FileNotFoundError(f"data set {directory} not found")
+        # A data set outside the committed split is trained on in full.
+        case_ids = splits[name]["train"] if name in splits else list_cases(directory)
+        started = time.time()
+        pools[name] = [object_volume(read_case(directory, case_id)) for case_id in case_ids]
+        log(
+            f"loaded {name}: {len(case_ids)} train cases, {sum(len(v.objects) for v in pools[name])} objects in {time.time() - started:.0f}s"
+        )
+    if synthetic:
+        rng = np.random.default_rng(seed + 1)
+        pools["synthetic"] = [object_volume(synthetic_case(rng, f"synthetic_{i}")) for i in range(synthetic)]
+        log(f"generated {synthetic} synthetic volumes")
+    return pools
+
+
+def learning_rate(base: float, step: int, elapsed: float, budget: float) -> float:
+    """Linear warm-up over 200 steps, constant, then cosine down to 5% over the last 30% of the budget."""
+    warm = min(1.0, (step + 1) / 200)
+    fraction = elapsed / budget if budget > 0 else 0.0
+    if fraction <= 0.7:
+        return base * warm
+    progress = min(1.0, (fraction - 0.7) / 0.3)
+    return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml.train", description="Train Box2Mask + PropMask (PropSAM-style)."
+    )
+    parser.add_argument(
+        "--data-dir", type=pathlib.Path, default=DEFAULT_DATA, help="folder holding nnU-Net raw data sets"
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="*",
+        default=list(TRAIN_DATASETS),
+        help="data set folder names (train split from ml/splits.json)",
+    )
+    parser.add_argument(
+        "--synthetic", type=int, default=60, help="number of generated volumes in the pool (0 = off)"
+    )
+    parser.add_argument(
+        "--synthetic-weight", type=float, default=0.2, help="share of tasks drawn from generated volumes"
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget of this invocation")
+    parser.add_argument(
+        "--run",
+        type=pathlib.Path,
+        default=REPO_ROOT / "ml" / "runs" / "default",
+        help="run folder (checkpoints, log)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=8, help="PropMask tasks per step")
+    parser.add_argument("--box-samples", type=int, default=16, help="Box2Mask samples per Box2Mask step")
+    parser.add_argument("--box-every", type=int, default=2, help="a Box2Mask step every N steps")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--val-minutes", type=float, default=12.0)
+    parser.add_argument(
+        "--val-cases",
+        type=int,
+        nargs=2,
+        default=(8, 3),
+        metavar=("HIPPO", "LA"),
+        help="validation cases used during training",
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = (
+        torch.device(args.device)
+        if args.device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    run_dir: pathlib.Path = args.run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (run_dir / "log.jsonl").open("a")
+
+    def log(message: str, **fields: Any) -> None:
+        stamp = time.strftime("%H:%M:%S", time.gmtime())
+        print(f"[{stamp}] {message}", flush=True)
+        log_file.write(json.dumps({"time": time.time(), "message": message, **fields}) + "\n")
+        log_file.flush()
+
+    box_config, prop_config = PRESETS[args.preset]
+    step, trained_seconds, best_score, history = 0, 0.0, -1.0, []
+    box2mask, propmask = Box2Mask(box_config), PropMask(prop_config)
+    optimizers_state = None
+    if args.resume:
+        state = load_training_state(run_dir / "last.pt")
+        box2mask, propmask = state["networks"]
+        step = int(state["step"])
+        trained_seconds = float(state["metadata"].get("trained_seconds", 0.0))
+        best_score = float(state["metadata"].get("best_score", -1.0))
+        history = list(state["metadata"].get("validation", []))
+        optimizers_state = state["optimizers"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        log(f"resumed at step {step} ({trained_seconds / 3600:.2f} h trained, best score {best_score:.3f})")
+    else:
+        torch.manual_seed(args.seed)
+    box2mask.to(device).train()
+    propmask.to(device).train()
+    optimizers = {
+        "box2mask": torch.optim.AdamW(box2mask.parameters(), lr=args.lr, weight_decay=1e-4),
+        "propmask": torch.optim.AdamW(propmask.parameters(), lr=args.lr, weight_decay=1e-4),
+    }
+    if optimizers_state:
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(optimizers_state[name])
+
+    pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
+    weights = {name: (1.0 - args.synthetic_weight) / max(1, len(args.datasets)) for name in args.datasets}
+    weights["synthetic"] = args.synthetic_weight
+    sampler = TaskSampler(pools, weights, seed=args.seed + step)
+    validation_volumes = load_validation_objects(
+        args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
+    )
+    log(f"validation on {len(validation_volumes)} cases; box2mask {box_config}; propmask {prop_config}")
+
+    def metadata() -> dict[str, Any]:
+        return {
+            "trained_seconds": trained_seconds,
+            "best_score": best_score,
+            "validation": history,
+            "datasets": args.datasets,
+            "synthetic_volumes": args.synthetic,
+            "preset": args.preset,
+            "tasks_per_step": args.tasks,
+            "hardware": f"{device.type}, {torch.get_num_threads()} threads",
+            "command": " ".join(sys.argv),
+        }
+
+    def rng_state() -> dict[str, Any]:
+        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+    def checkpoint(name: str) -> None:
+        save_training_state(run_dir / name, box2mask, propmask, optimizers, step, metadata(), rng_state())
+
+    def run_validation() -> None:
+        nonlocal best_score
+        box2mask.eval()
+        propmask.eval()
+        started = time.time()
+        predictor = LearnedPredictor(box2mask, propmask, device)
+        summary = validate(predictor, validation_volumes)
+        box2mask.train()
+        propmask.train()
+        summary["step"] = step
+        summary["trained_hours"] = trained_seconds / 3600
+        history.append(summary)
+        log(
+            f"validation step {step}: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in summary.items() if k not in ("step",))
+            + f" ({time.time() - started:.0f}s)",
+            validation=summary,
+        )
+        if summary["score"] > best_score:
+            best_score = summary["score"]
+            checkpoint("best.pt")
+            log(f"new best {best_score:.3f} -> {run_dir / 'best.pt'}")
+
+    size = prop_config.input_size
+    budget = args.minutes * 60.0
+    session_start = time.time()
+    last_checkpoint = last_validation = session_start
+    running: dict[str, float] = {}
+    steps_this_session = 0
+    while True:
+        elapsed = time.time() - session_start
+        if elapsed >= budget or (args.max_steps and steps_this_session >= args.max_steps):
+            break
+        step_started = time.time()
+        lr = learning_rate(args.lr, step, elapsed, budget)
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        batch = sampler.propmask_batch(args.tasks, prop_config.adjacent_slices, size)
+        output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
+        target = batch.target.to(device)
+        mask_loss = segmentation_loss(output.masks, target)
+        present_loss = (
+            F.binary_cross_entropy_with_logits(output.present, batch.present.to(device))
+            if output.present is not None
+            else torch.zeros(())
+        )
+        loss = mask_loss + 0.3 * present_loss
+        optimizers["propmask"].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)
+        optimizers["propmask"].step()
+        losses = {"prop": mask_loss.item(), "present": present_loss.item()}
+        if step % args.box_every == 0:
+            inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
+            box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))
+            optimizers["box2mask"].zero_grad(set_to_none=True)
+            box_loss.backward()
+            torch.nn.utils.clip_grad_norm_(box2mask.parameters(), 12.0)
+            optimizers["box2mask"].step()
+            losses["box"] = box_loss.item()
+        for key, value in losses.items():
+            running[key] = value if key not in running else 0.98 * running[key] + 0.02 * value
+        step += 1
+        steps_this_session += 1
+        trained_seconds += time.time() - step_started
+        if step % 25 == 0:
+            rate = steps_this_session / max(time.time() - session_start, 1e-6)
+            log(
+                f"step {step} lr {lr:.2e} "
+                + " ".join(f"{k} {v:.4f}" for k, v in running.items())
+                + f" | {rate:.2f} steps/s",
+                step=step,
+                losses=dict(running),
+                steps_per_second=rate,
+            )
+        now = time.time()
+        if now - last_validation >= args.val_minutes * 60:
+            run_validation()
+            last_validation = time.time()
+        if now - last_checkpoint >= args.checkpoint_minutes * 60:
+            checkpoint("last.pt")
+            last_checkpoint = time.time()
+            log(f"checkpoint step {step} -> {run_dir / 'last.pt'}")
+    run_validation()
+    checkpoint("last.pt")
+    log(f"finished: step {step}, {trained_seconds / 3600:.2f} h trained, best score {best_score:.3f}")
+    log_file.close()
+    return {"step": step, "best_score": best_score, "history": history, "running_loss": running}
+
+
+if __name__ == "__main__":
+    main()
