@@ -1,0 +1,1 @@
+"""Business logic: views, tasks, consumers and commands call these modules and nothing else writes rows."""
