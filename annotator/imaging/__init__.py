@@ -5,6 +5,7 @@ Geometry contract (docs/ARCHITECTURE.md): arrays ``(Z, Y, X)``, spacing ``(sz, s
 ``(z, y, x, 1)`` to world RAS+ mm.
 """
 
+from .demo import DemoCase, prepare_demo_cases
 from .labels import align_label
 from .nifti import write_label_nifti
 from .render import render_slice_png
@@ -14,6 +15,7 @@ from .upload import read_upload
 
 __all__ = [
     "ERROR_CODES",
+    "DemoCase",
     "FileError",
     "ImportLimits",
     "LoadedVolume",
@@ -23,6 +25,7 @@ __all__ = [
     "decode_array",
     "encode_array",
     "intensity_stats",
+    "prepare_demo_cases",
     "read_upload",
     "render_slice_png",
     "to_storage_dtype",

@@ -136,6 +136,12 @@ def classify_dicom_header(dataset: Dataset, display_name: str) -> None:
         )
     if "Rows" not in dataset or "Columns" not in dataset:
         kind = UID(sop_class).name if sop_class else "a DICOM object"
+        if "Image Storage" in kind:
+            # An image SOP class without image attributes: the file stops before its header ended.
+            raise VolumeImportError(
+                f"{display_name} is a truncated or corrupt DICOM file ({kind} without its image attributes).",
+                "corrupt_dicom",
+            )
         raise VolumeImportError(f"{display_name} holds no image ({kind}).", "not_an_image")
     if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
         raise VolumeImportError(
