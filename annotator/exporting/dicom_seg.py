@@ -71,13 +71,13 @@ def _read_source_headers(source_files: Sequence[Path]) -> dict[str, Dataset]:
             dataset = pydicom.dcmread(str(path), stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
             raise ExportError(f"Source file {Path(path).name} could not be read as DICOM: {exc}") from None
+        file_meta = getattr(dataset, "file_meta", None)
+        # Some files carry their SOP UIDs only in the file meta header (the importer accepts them too).
+        if not str(dataset.get("SOPInstanceUID", "") or "") and file_meta is not None:
+            dataset.SOPInstanceUID = str(file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+        if not str(dataset.get("SOPClassUID", "") or "") and file_meta is not None:
+            dataset.SOPClassUID = str(file_meta.get("MediaStorageSOPClassUID", "") or "")
         uid = str(dataset.get("SOPInstanceUID", "") or "")
-        if not uid and getattr(dataset, "file_meta", None) is not None:
-            # Some files carry the UID only in the file meta header (the importer accepts them too).
-            uid = str(dataset.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
-            if uid:
-                dataset.SOPInstanceUID = uid
-                dataset.SOPClassUID = dataset.file_meta.get("MediaStorageSOPClassUID")
         if uid:
             by_uid[uid] = dataset
     return by_uid
@@ -87,7 +87,7 @@ def _ordered_source_images(case: ExportCase, source_files: Sequence[Path]) -> li
     """The source datasets in canonical z order, checked against the case's geometry.
 
     Raises ExportError: missing ``sop_instance_uids``, a z whose instance is not among ``source_files``,
-    images of several series, an image size other than ``(Y, X)``, a FrameOfReferenceUID that differs from
+    images of several series or without Study/Series/SOP Class UIDs, an image size other than ``(Y, X)``, a FrameOfReferenceUID that differs from
     ``source_meta``, or image positions/orientation that do not match the canonical affine.
     """
     meta = case.source_meta or {}
@@ -106,9 +106,15 @@ def _ordered_source_images(case: ExportCase, source_files: Sequence[Path]) -> li
             f"{' ...' if len(missing) > 10 else ''} (SOPInstanceUID {sop_instance_uids[missing[0]]})."
         )
     ordered = [by_uid[uid] for uid in sop_instance_uids]
-    series_uids = {str(dataset.get("SeriesInstanceUID", "")) for dataset in ordered}
+    series_uids = {str(dataset.get("SeriesInstanceUID", "") or "") for dataset in ordered}
     if len(series_uids) != 1:
         raise ExportError(f"Case {case.case_id!r}: the source instances belong to {len(series_uids)} series.")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        if any(not str(dataset.get(keyword, "") or "") for dataset in ordered):
+            raise ExportError(
+                f"Case {case.case_id!r}: the source images have no {keyword}, so a DICOM SEG cannot reference "
+                "them; export the label map as NIfTI instead."
+            )
     expected_frame_of_reference = str(meta.get("frame_of_reference_uid") or "")
     for z, dataset in enumerate(ordered):
         if (int(dataset.Rows), int(dataset.Columns)) != (rows, columns):

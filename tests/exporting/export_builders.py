@@ -112,10 +112,12 @@ def read_dicom_series_as_case(files: list[Path], case_id: str) -> ExportCase:
         affine=LPS_TO_RAS @ affine_lps,
         source_format="dicom",
         source_meta={
-            "study_instance_uid": str(ordered[0].StudyInstanceUID),
-            "series_instance_uid": str(ordered[0].SeriesInstanceUID),
-            "frame_of_reference_uid": str(ordered[0].FrameOfReferenceUID),
-            "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in ordered],
+            "study_instance_uid": str(ordered[0].get("StudyInstanceUID", "")),
+            "series_instance_uid": str(ordered[0].get("SeriesInstanceUID", "")),
+            "frame_of_reference_uid": str(ordered[0].get("FrameOfReferenceUID", "")),
+            "sop_instance_uids": [
+                str(ds.get("SOPInstanceUID") or ds.file_meta.MediaStorageSOPInstanceUID) for ds in ordered
+            ],
             "source_files": [str(files[index]) for index in order],
         },
     )
