@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -132,6 +134,31 @@ def test_seg_of_a_series_imported_by_the_importer_reads_back_voxel_exact(tmp_pat
     write_dicom_seg(case, PROJECT_LABELS, source_files, tmp_path / "seg.dcm")
 
     _assert_seg_matches_case(tmp_path / "seg.dcm", case, source_files)
+
+
+@pytest.mark.parametrize("series", ["dcmqi_ct3slice", "highdicom_ct2"])
+def test_seg_passes_the_dicom3tools_iod_validator(tmp_path, shared_data, series):
+    """An independent DICOM tool (dciodvfy, Debian package dicom3tools) finds no error in the SEG."""
+    validator = shutil.which("dciodvfy")
+    if validator is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    files = (
+        _ct3slice_files(shared_data)
+        if series == "dcmqi_ct3slice"
+        else _highdicom_ct2_regular_files(shared_data)
+    )
+    case = read_dicom_series_as_case(files, series)
+    _two_class_label(case)
+    write_dicom_seg(case, PROJECT_LABELS, files, tmp_path / "seg.dcm")
+
+    report = subprocess.run(
+        [validator, "-new", str(tmp_path / "seg.dcm")], capture_output=True, text=True, timeout=60
+    )
+
+    output = report.stdout + report.stderr
+    assert "Segmentation" in output  # it recognised the IOD
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert errors == []
 
 
 def test_seg_of_a_series_without_study_and_series_uids_is_refused_with_a_reason(tmp_path, shared_data):
