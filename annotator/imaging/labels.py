@@ -68,10 +68,13 @@ def _check_allowed_values(label: np.ndarray, allowed_values: Collection[int] | N
     unknown = sorted(present - {int(value) for value in allowed_values})
     if unknown:
         allowed_text = ", ".join(str(value) for value in sorted(allowed_values)) or "none"
+        shown = ", ".join(map(str, unknown[:20])) + (
+            f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        )
         raise VolumeImportError(
-            f"{label_name} uses label values {', '.join(map(str, unknown[:20]))}"
-            f"{' ...' if len(unknown) > 20 else ''} that are not label classes of this project "
-            f"(defined: {allowed_text}). Add the classes first or remap the label file.",
+            f"{label_name} uses {len(unknown)} label value{'s' if len(unknown) != 1 else ''} that are not label "
+            f"classes of this project ({shown}; defined: {allowed_text}). Add the classes first or remap the "
+            "label file.",
             "label_unknown_values",
         )
 
