@@ -105,9 +105,11 @@ def source_grid(case: ExportCase) -> SourceGrid:
 
 
 def _nifti_safe(volume: np.ndarray) -> np.ndarray:
-    """Voxels in a dtype every NIfTI reader handles: bool -> uint8, 64-bit ints -> int32 when they fit."""
+    """Voxels in a dtype every NIfTI reader handles: bool -> uint8, float16 -> float32, 64-bit ints -> int32."""
     if volume.dtype == np.bool_:
         return volume.astype(np.uint8)
+    if volume.dtype == np.float16:
+        return volume.astype(np.float32)
     if volume.dtype.kind in "iu" and volume.dtype.itemsize == 8:
         info = np.iinfo(np.int32)
         if volume.size == 0 or (volume.min() >= info.min and volume.max() <= info.max):

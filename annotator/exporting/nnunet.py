@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,8 @@ def nnunet_dataset_folder_name(dataset_id: int, dataset_name: str) -> str:
 
 def consecutive_label_ids(labels: Sequence[LabelSpec]) -> dict[int, int]:
     """Project value -> nnU-Net id (1, 2, 3, ... in ascending project value); background 0 is implicit."""
-    ordered = validate_label_specs(labels)
-    return {int(spec.value): index for index, spec in enumerate(ordered, start=1)}
+    values = sorted(int(spec.value) for spec in labels)
+    return {value: index for index, value in enumerate(values, start=1)}
 
 
 def _remap_lookup(value_to_id: dict[int, int]) -> np.ndarray:
@@ -82,6 +83,37 @@ def _unique_identifier(case_id: str, used: set[str]) -> str:
         suffix += 1
     used.add(identifier.lower())
     return identifier
+
+
+def _write_cases(
+    dataset_dir: Path,
+    cases: Iterable[ExportCase],
+    value_to_id: dict[int, int],
+    total: int | None,
+    report: Callable[[float], None],
+) -> dict[str, str]:
+    """Write ``imagesTr``/``labelsTr`` case by case; returns ``{exported identifier: original case_id}``."""
+    images_dir = dataset_dir / "imagesTr"
+    labels_dir = dataset_dir / "labelsTr"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    remap = _remap_lookup(value_to_id)
+    used_identifiers: set[str] = set()
+    case_ids: dict[str, str] = {}
+    for case in cases:
+        label = validate_case(case, value_to_id.keys())
+        grid = source_grid(case)
+        identifier = _unique_identifier(case.case_id, used_identifiers)
+        write_volume_on_source_grid(
+            np.asarray(case.image), grid, images_dir / f"{identifier}{_CHANNEL_SUFFIX}{NNUNET_FILE_ENDING}"
+        )
+        write_volume_on_source_grid(remap[label], grid, labels_dir / f"{identifier}{NNUNET_FILE_ENDING}")
+        case_ids[identifier] = str(case.case_id)
+        if total:
+            report(min(len(case_ids) / total, 1.0))
+    if not case_ids:
+        raise ExportError("There are no cases to export (no approved cases?).")
+    return case_ids
 
 
 def write_nnunet_dataset(
@@ -107,67 +139,58 @@ def write_nnunet_dataset(
         labels: the project's label classes (values 1..255, unique names, not "background").
         channel_name: the single input channel's name (nnU-Net normalises ``"CT"`` specially; use e.g.
             ``"MRI"`` otherwise).
-        progress: called with the done fraction in [0, 1] after each case and with 1.0 at the end. The
-            fraction needs the case count: ``len(cases)`` when ``cases`` is sized, else ``num_cases``; with
-            neither, only the final 1.0 is reported.
+        progress: called with the done fraction in [0, 1] after each case (strictly increasing), and with
+            1.0 once dataset.json is written. The fraction needs the case count: ``len(cases)`` when
+            ``cases`` is sized, else ``num_cases``; with neither, only the final 1.0 is reported.
         num_cases: the number of cases for progress reporting when ``cases`` is a generator.
         description: written to dataset.json.
 
     Raises:
         ExportError: no cases, bad label classes, a bad case (shape mismatch, unknown label values,
-            inconsistent geometry; the message names the case), a non-empty target folder.
+            inconsistent geometry; the message names the case), a non-empty target folder. On any error the
+            partly written data set folder is removed.
     """
-    value_to_id = consecutive_label_ids(labels)
     ordered_labels = validate_label_specs(labels)
-    remap = _remap_lookup(value_to_id)
+    value_to_id = consecutive_label_ids(ordered_labels)
     channel = channel_name.strip() or "CT"
     dataset_dir = Path(out_dir) / nnunet_dataset_folder_name(dataset_id, dataset_name)
     if dataset_dir.exists() and any(dataset_dir.iterdir()):
         raise ExportError(f"The export folder {dataset_dir} already exists and is not empty.")
-    images_dir = dataset_dir / "imagesTr"
-    labels_dir = dataset_dir / "labelsTr"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    labels_dir.mkdir(parents=True, exist_ok=True)
-
     total = len(cases) if isinstance(cases, Sized) else num_cases
-    used_identifiers: set[str] = set()
-    case_ids: dict[str, str] = {}
-    for case in cases:
-        label = validate_case(case, value_to_id.keys())
-        grid = source_grid(case)
-        identifier = _unique_identifier(case.case_id, used_identifiers)
-        write_volume_on_source_grid(
-            np.asarray(case.image), grid, images_dir / f"{identifier}{_CHANNEL_SUFFIX}{NNUNET_FILE_ENDING}"
-        )
-        write_volume_on_source_grid(remap[label], grid, labels_dir / f"{identifier}{NNUNET_FILE_ENDING}")
-        case_ids[identifier] = str(case.case_id)
-        if progress is not None and total:
-            progress(min(len(case_ids) / total, 1.0))
-    if not case_ids:
-        raise ExportError("There are no cases to export (no approved cases?).")
+    reported: list[float] = []
 
-    dataset_json: dict[str, Any] = {
-        "channel_names": {"0": channel},
-        "labels": {
-            "background": 0,
-            **{spec.name.strip(): value_to_id[int(spec.value)] for spec in ordered_labels},
-        },
-        "numTraining": len(case_ids),
-        "file_ending": NNUNET_FILE_ENDING,
-        "name": dataset_dir.name,
-        "description": description,
-        "label_value_mapping": {
-            spec.name.strip(): {
-                "project_value": int(spec.value),
-                "nnunet_value": value_to_id[int(spec.value)],
-                "color": spec.color,
-            }
-            for spec in ordered_labels
-        },
-        "case_ids": case_ids,
-    }
-    # dataset.json last: a folder without it is recognisably incomplete.
-    (dataset_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
-    if progress is not None:
-        progress(1.0)
+    def report(fraction: float) -> None:
+        if progress is not None and (not reported or fraction > reported[-1]):
+            reported.append(fraction)
+            progress(fraction)
+
+    try:
+        case_ids = _write_cases(dataset_dir, cases, value_to_id, total, report)
+        dataset_json: dict[str, Any] = {
+            "channel_names": {"0": channel},
+            "labels": {
+                "background": 0,
+                **{spec.name.strip(): value_to_id[int(spec.value)] for spec in ordered_labels},
+            },
+            "numTraining": len(case_ids),
+            "file_ending": NNUNET_FILE_ENDING,
+            "name": dataset_dir.name,
+            "description": description,
+            "label_value_mapping": {
+                spec.name.strip(): {
+                    "project_value": int(spec.value),
+                    "nnunet_value": value_to_id[int(spec.value)],
+                    "color": spec.color,
+                }
+                for spec in ordered_labels
+            },
+            "case_ids": case_ids,
+        }
+        # dataset.json last: a folder without it is recognisably incomplete.
+        (dataset_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        # The folder did not exist or was empty before: remove the partial export.
+        shutil.rmtree(dataset_dir, ignore_errors=True)
+        raise
+    report(1.0)
     return dataset_dir

@@ -149,7 +149,11 @@ def validate_case(case: ExportCase, label_values: Iterable[int]) -> np.ndarray:
             raise ExportError(f"Case {case.case_id!r}: the label holds non-integer values.")
     elif label.dtype.kind not in "uib":
         raise ExportError(f"Case {case.case_id!r}: the label has unsupported dtype {label.dtype}.")
-    present = np.unique(label)
+    if label.dtype == np.uint8:
+        # A histogram is much faster than np.unique (a sort) on volumes of 100+ million voxels.
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    else:
+        present = np.unique(label)
     allowed = {0, *(int(value) for value in label_values)}
     unknown = sorted(int(value) for value in present if int(value) not in allowed)
     if unknown:

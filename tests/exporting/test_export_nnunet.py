@@ -123,7 +123,7 @@ def test_cases_are_written_one_at_a_time_and_progress_reaches_one(tmp_path):
     )
 
     assert written_before_next == [True]
-    assert reported == [0.5, 1.0, 1.0]
+    assert reported == [0.5, 1.0]
 
 
 def test_real_hippocampus_case_exports_bit_identical_label_and_affine(tmp_path, shared_data):
@@ -220,7 +220,10 @@ def test_label_values_that_are_no_project_class_are_refused_and_listed(tmp_path)
     case.label[0, 0, 1] = 200
 
     with pytest.raises(ExportError, match=r"label values \[3, 200\] are not label classes"):
-        write_nnunet_dataset(tmp_path, 12, "Bad", [case], PROJECT_LABELS)
+        write_nnunet_dataset(
+            tmp_path, 12, "Bad", [nifti_source_case("good", (3, 4, 5), 9, [2]), case], PROJECT_LABELS
+        )
+    assert not (tmp_path / "Dataset012_Bad").exists()  # the partial export is removed
     with pytest.raises(ExportError, match=r"label values \[3, 200\]"):
         write_case_label_nifti(case, tmp_path / "x.nii.gz", PROJECT_LABELS)
 
