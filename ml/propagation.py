@@ -1,0 +1,394 @@
+"""The PropSAM propagation loop and RadSAM-style refinement, generic over a ``SlicePredictor``.
+
+The loop owns *which* slices are predicted, in which order, and when to stop; the predictor
+(``ml/predictor.py``) only turns a guide slice + mask into masks on nearby slices.
+
+Propagation from a prompt on slice ``g``:
+
+1. The prompt slice's 2D mask (box/click -> ``predictor.prompt_mask``; a mask prompt as given) is
+   yielded before any propagation work, so a viewer paints it at once.
+2. The intensity window is taken once, from the 0.5-99.5 percentiles of the prompt's foreground.
+3. Each direction advances in chunks of ``Z = max(1, round(chunk_mm / sz))`` slices (about 20 mm, so the
+   number of autoregressive steps does not depend on slice thickness); the guide of the next chunk is the
+   outermost slice predicted in the previous one. Directions alternate chunk by chunk so both grow on screen.
+4. A direction stops at the first slice whose prediction is empty (no probability >= 0.5), at the boundary
+   slices ``z_low``/``z_high``, or at the volume edge.
+5. PropSAM keeps only the 3D components that touch the prompt. Because slices are streamed before the end,
+   this is done as we go: on each slice only the 2D components (8-connected) that overlap the previous
+   slice's kept mask dilated by one voxel survive. A chain of such overlaps is exactly 26-connectivity to
+   the prompt, so the union of the streamed slices is the final 3D result (nothing is taken back later).
+
+Directions: ``"up"`` walks towards increasing ``z``, ``"down"`` towards decreasing ``z``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from ml.predictor import SliceClick, SlicePredictor, Window, window_from_mask
+from ml.prompts import BoxPrompt, Click, MaskPrompt, PointPrompt, Prompt
+
+DEFAULT_CHUNK_MM = 20.0
+"""PropSAM's propagation thickness: slices per chunk = 20 mm / slice spacing."""
+AGREEMENT_DICE = 0.95
+"""Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
+PROMPT, UP, DOWN = "prompt", "up", "down"
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+class PropagationCancelled(Exception):
+    """``should_stop`` fired before the 3D result was complete (raised by ``segment``/``refine`` only)."""
+
+
+@dataclass(frozen=True, eq=False)
+class PropagationStep:
+    """One finished slice.
+
+    Attributes:
+        z: slice index.
+        mask: bool ``(Y, X)``, the full content of slice ``z`` for this object/label after this step.
+        direction: ``"prompt"`` (the prompt or a corrected slice), ``"up"`` (z increasing) or ``"down"``.
+        done: slices yielded so far, this one included.
+        done_up, done_down: of those, how many were in each direction.
+    """
+
+    z: int
+    mask: np.ndarray
+    direction: str
+    done: int
+    done_up: int
+    done_down: int
+
+
+@dataclass
+class _Counter:
+    done: int = 0
+    per_direction: dict[str, int] = field(default_factory=lambda: {PROMPT: 0, UP: 0, DOWN: 0})
+
+    def step(self, z: int, mask: np.ndarray, direction: str) -> PropagationStep:
+        self.done += 1
+        self.per_direction[direction] += 1
+        return PropagationStep(
+            z, mask, direction, self.done, self.per_direction[UP], self.per_direction[DOWN]
+        )
+
+
+def chunk_slices(spacing_z: float, chunk_mm: float = DEFAULT_CHUNK_MM) -> int:
+    """Slices per propagation chunk: ``max(1, round(chunk_mm / sz))`` (thick slices still advance)."""
+    return max(1, round(chunk_mm / spacing_z))
+
+
+def keep_connected(candidate: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """The 8-connected components of ``candidate`` touching ``previous`` dilated by one voxel.
+
+    Args:
+        candidate: bool ``(Y, X)``, a slice's raw prediction.
+        previous: bool ``(Y, X)``, the kept mask of the neighbouring slice nearer the prompt.
+
+    Returns:
+        bool ``(Y, X)``: in 3D, the kept voxels are 26-connected to ``previous``.
+    """
+    if not candidate.any():
+        return candidate
+    reach = ndimage.binary_dilation(previous, structure=_EIGHT_CONNECTED)
+    components, _ = ndimage.label(candidate, structure=_EIGHT_CONNECTED)
+    touching = np.unique(components[reach & candidate])
+    touching = touching[touching > 0]
+    if touching.size == 0:
+        return np.zeros_like(candidate)
+    return np.isin(components, touching)
+
+
+def dice(first: np.ndarray, second: np.ndarray) -> float:
+    """Dice overlap of two bool masks of equal shape (1.0 when both are empty)."""
+    total = int(first.sum()) + int(second.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(first, second).sum()) / total
+
+
+def _slice(volume: np.ndarray, z: int) -> np.ndarray:
+    return np.asarray(volume[z], dtype=np.float32)
+
+
+def _direction_chunks(
+    predictor: SlicePredictor,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    start_z: int,
+    start_mask: np.ndarray,
+    window: Window,
+    step: int,
+    last_z: int,
+    chunk: int,
+) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Propagate one direction, one chunk per item: ``[(z, kept bool (Y, X)), ...]`` in outward order.
+
+    Args:
+        start_z, start_mask: the first guide (non-empty mask).
+        step: +1 (up) or -1 (down).
+        last_z: the last slice this direction may reach (inclusive boundary).
+        chunk: slices per predictor call.
+
+    Ends after the first empty slice (that slice is not included), or at ``last_z``.
+    """
+    spacing_z, spacing_yx = spacing[0], (spacing[1], spacing[2])
+    guide_z, guide_mask = start_z, start_mask
+    while True:
+        stop = last_z + step
+        targets_z = list(range(guide_z + step, stop, step))[:chunk]
+        if not targets_z:
+            return
+        probabilities = predictor.propagate(
+            _slice(volume, guide_z),
+            guide_mask,
+            np.asarray(volume[targets_z], dtype=np.float32),
+            window,
+            spacing_yx,
+            guide_distances=[abs(z - guide_z) * spacing_z for z in targets_z],
+        )
+        kept: list[tuple[int, np.ndarray]] = []
+        previous = guide_mask
+        for z, probability in zip(targets_z, probabilities, strict=True):
+            mask = keep_connected(np.asarray(probability) >= 0.5, previous)
+            if not mask.any():
+                yield kept
+                return
+            kept.append((z, mask))
+            previous = mask
+        yield kept
+        guide_z, guide_mask = kept[-1]
+
+
+def _never_stop() -> bool:
+    return False
+
+
+def propagate_prompt(
+    predictor: SlicePredictor,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    prompt: Prompt,
+    *,
+    z_low: int,
+    z_high: int,
+    chunk_mm: float = DEFAULT_CHUNK_MM,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[PropagationStep]:
+    """Stream one object's slices from a validated prompt (see the module docstring for the rules).
+
+    Args:
+        volume: raw intensities ``(Z, Y, X)`` (validated by the caller).
+        spacing: ``(sz, sy, sx)`` in mm.
+        prompt: a validated ``BoxPrompt``, ``MaskPrompt`` or ``PointPrompt`` with ``z_low <= z <= z_high``.
+        z_low, z_high: inclusive boundary slices.
+        should_stop: polled before every predictor call; when it returns True the generator ends early.
+
+    Yields:
+        The prompt slice first (possibly empty, then nothing follows), then propagated slices, each
+        direction in outward order, directions alternating chunk by chunk; never a slice twice.
+    """
+    should_stop = should_stop or _never_stop
+    counter = _Counter()
+    spacing_yx = (spacing[1], spacing[2])
+    image = _slice(volume, prompt.z)
+    if isinstance(prompt, MaskPrompt):
+        prompt_mask = np.asarray(prompt.mask, dtype=bool)
+    elif isinstance(prompt, BoxPrompt):
+        prompt_mask = np.asarray(predictor.prompt_mask(image, spacing_yx, box=prompt.box), dtype=bool)
+    elif isinstance(prompt, PointPrompt):
+        click = SliceClick(prompt.y, prompt.x, positive=True)
+        prompt_mask = np.asarray(predictor.prompt_mask(image, spacing_yx, clicks=[click]), dtype=bool)
+    else:  # validate_prompt already rejects these; kept so a bypassing caller gets a clear message
+        raise ValueError(f"unsupported prompt type {type(prompt).__name__}")
+    yield counter.step(prompt.z, prompt_mask, PROMPT)
+    if not prompt_mask.any():
+        return
+    window = window_from_mask(image, prompt_mask)
+    chunk = chunk_slices(spacing[0], chunk_mm)
+    runs = [
+        (UP, _direction_chunks(predictor, volume, spacing, prompt.z, prompt_mask, window, +1, z_high, chunk)),
+        (
+            DOWN,
+            _direction_chunks(predictor, volume, spacing, prompt.z, prompt_mask, window, -1, z_low, chunk),
+        ),
+    ]
+    yield from _interleave(runs, counter, should_stop)
+
+
+def _interleave(
+    runs: list[tuple[str, Iterator[list[tuple[int, np.ndarray]]]]],
+    counter: _Counter,
+    should_stop: Callable[[], bool],
+) -> Iterator[PropagationStep]:
+    """Round-robin over per-direction chunk iterators, one chunk each in turn, until all are exhausted."""
+    active = list(runs)
+    while active:
+        for run in list(active):
+            if should_stop():
+                return
+            direction, chunks = run
+            kept = next(chunks, None)
+            if kept is None:
+                active.remove(run)
+                continue
+            for z, mask in kept:
+                yield counter.step(z, mask, direction)
+
+
+# ------------------------------------------------------------------------------------------------ refine
+
+
+def _components_touching(mask: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Union of the 8-connected components of ``mask`` that overlap ``reach`` (both bool ``(Y, X)``)."""
+    if not mask.any() or not reach.any():
+        return np.zeros_like(mask)
+    components, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    touching = np.unique(components[mask & reach])
+    touching = touching[touching > 0]
+    return np.isin(components, touching)
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    return ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED)
+
+
+def corrected_slices(
+    predictor: SlicePredictor,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    old_mask: np.ndarray,
+    clicks: Sequence[Click],
+    edited: Mapping[int, np.ndarray],
+) -> dict[int, np.ndarray]:
+    """New 2D masks for every edited or clicked slice (validated inputs).
+
+    Edited masks are taken as given; clicks then correct the slice's mask (the edited one if any, else
+    the old one) with ``predictor.prompt_mask(clicks=..., prior=...)``. Negative clicks on an empty slice
+    have nothing to remove and leave it empty.
+
+    Returns:
+        ``{z: bool (Y, X)}`` sorted by ``z``.
+    """
+    corrected = {int(z): np.asarray(mask, dtype=bool) for z, mask in edited.items()}
+    by_slice: dict[int, list[SliceClick]] = {}
+    for click in clicks:
+        by_slice.setdefault(click.z, []).append(SliceClick(click.y, click.x, click.positive))
+    for z, slice_clicks in by_slice.items():
+        prior = corrected.get(z, old_mask[z])
+        has_positive = any(click.positive for click in slice_clicks)
+        if not prior.any() and not has_positive:
+            corrected[z] = prior.copy()
+            continue
+        corrected[z] = np.asarray(
+            predictor.prompt_mask(
+                _slice(volume, z),
+                (spacing[1], spacing[2]),
+                clicks=slice_clicks,
+                prior=prior if prior.any() else None,
+            ),
+            dtype=bool,
+        )
+    return dict(sorted(corrected.items()))
+
+
+def refine_steps(
+    predictor: SlicePredictor,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    old_mask: np.ndarray,
+    clicks: Sequence[Click] = (),
+    edited: Mapping[int, np.ndarray] | None = None,
+    *,
+    z_low: int,
+    z_high: int,
+    chunk_mm: float = DEFAULT_CHUNK_MM,
+    should_stop: Callable[[], bool] | None = None,
+    agreement_dice: float = AGREEMENT_DICE,
+) -> Iterator[PropagationStep]:
+    """RadSAM edit mode: correct the clicked/edited slices, then re-propagate outward from them.
+
+    Each corrected slice with a non-empty mask becomes a guide for both directions. A propagated slice
+    replaces the part of the old slice that belongs to this object (old 2D components touching the new
+    mask or the previous slice's replaced part); old components elsewhere on the slice (another object
+    of the same label) are kept. A direction stops when the new slice agrees with the old one
+    (Dice >= ``agreement_dice``; that slice is left as it was), when it comes back empty (the old slices
+    beyond are left untouched: the new propagation never reached them), at the next corrected slice, or at
+    ``z_low``/``z_high``. Slices no direction reaches are never touched.
+
+    Args:
+        old_mask: bool ``(Z, Y, X)``, the current mask of the label (validated).
+        clicks: validated clicks inside ``z_low..z_high``.
+        edited: ``{z: bool (Y, X)}`` validated edited slices.
+
+    Yields:
+        The corrected slices first (direction ``"prompt"``, increasing ``z``), then every re-propagated
+        slice with its full new content. Applying the steps to ``old_mask`` gives the refined mask.
+    """
+    should_stop = should_stop or _never_stop
+    counter = _Counter()
+    edited = dict(edited or {})
+    corrected = corrected_slices(predictor, volume, spacing, old_mask, clicks, edited)
+    clicked_points: dict[int, list[tuple[int, int]]] = {}
+    for click in clicks:
+        clicked_points.setdefault(click.z, []).append((click.y, click.x))
+    for z, mask in corrected.items():
+        yield counter.step(z, mask, PROMPT)
+
+    chunk = chunk_slices(spacing[0], chunk_mm)
+    corrected_z = sorted(corrected)
+    runs: list[tuple[str, Iterator[list[tuple[int, np.ndarray]]]]] = []
+    for index, z in enumerate(corrected_z):
+        new_mask = corrected[z]
+        if not new_mask.any():
+            continue
+        related = _related_old_part(old_mask[z], new_mask, clicked_points.get(z, []), whole=z in edited)
+        window = window_from_mask(_slice(volume, z), new_mask)
+        upper = corrected_z[index + 1] - 1 if index + 1 < len(corrected_z) else z_high
+        lower = corrected_z[index - 1] + 1 if index > 0 else z_low
+        for direction, step, last_z in ((UP, +1, min(upper, z_high)), (DOWN, -1, max(lower, z_low))):
+            chunks = _direction_chunks(predictor, volume, spacing, z, new_mask, window, step, last_z, chunk)
+            runs.append((direction, _replace_until_agreement(chunks, old_mask, related, agreement_dice)))
+    yield from _interleave(runs, counter, should_stop)
+
+
+def _related_old_part(
+    old_slice: np.ndarray, new_mask: np.ndarray, points: list[tuple[int, int]], *, whole: bool
+) -> np.ndarray:
+    """The part of a corrected slice's old mask that the correction was about.
+
+    For an edited slice that is the whole old slice; for clicks, the old components touching the new
+    mask or containing a click (a removed false blob contains its negative click).
+    """
+    if whole:
+        return old_slice.copy()
+    reach = _dilate(new_mask)
+    for y, x in points:
+        reach[y, x] = True
+    return _components_touching(old_slice, reach)
+
+
+def _replace_until_agreement(
+    chunks: Iterator[list[tuple[int, np.ndarray]]],
+    old_mask: np.ndarray,
+    related_at_guide: np.ndarray,
+    agreement_dice: float,
+) -> Iterator[list[tuple[int, np.ndarray]]]:
+    """Turn new propagated masks into full new slice contents; end once a slice agrees with the old mask."""
+    previous_related = related_at_guide
+    for kept in chunks:
+        written: list[tuple[int, np.ndarray]] = []
+        for z, new_mask in kept:
+            old_slice = old_mask[z]
+            related = _components_touching(old_slice, _dilate(new_mask) | _dilate(previous_related))
+            if dice(new_mask, related) >= agreement_dice:
+                yield written
+                return
+            written.append((z, new_mask | (old_slice & ~related)))
+            previous_related = related
+        yield written
