@@ -15,7 +15,6 @@ generic SNOMED CT "Tissue" / "Tissue" (85756007) unless the caller passes specif
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,12 +47,8 @@ def hex_to_cielab(color: str) -> hd.color.CIELabColor:
     y_value = 0.2126729 * red + 0.7151522 * green + 0.0721750 * blue
     z_value = (0.0193339 * red + 0.1191920 * green + 0.9503041 * blue) / 1.08883
 
-    def f(t: float) -> float:
-        return (
-            math.copysign(abs(t) ** (1.0 / 3.0), t)
-            if t > (6.0 / 29.0) ** 3
-            else t / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0
-        )
+    def f(t: float) -> float:  # t >= 0: XYZ of an sRGB colour is never negative
+        return t ** (1.0 / 3.0) if t > (6.0 / 29.0) ** 3 else t / (3 * (6.0 / 29.0) ** 2) + 4.0 / 29.0
 
     l_star = 116.0 * f(y_value) - 16.0
     a_star = 500.0 * (f(x_value) - f(y_value))
@@ -220,7 +215,9 @@ def write_dicom_seg(
         )
     ordered_labels = validate_label_specs(labels)
     label = validate_case(case, [spec.value for spec in ordered_labels])
-    present_values = [int(value) for value in np.unique(label) if value != 0]
+    present_values = [
+        int(value) for value in np.flatnonzero(np.bincount(label.ravel(), minlength=256)) if value
+    ]
     if not present_values:
         raise ExportError(f"Case {case.case_id!r}: the label map is empty; there is no segment to export.")
     source_images = _ordered_source_images(case, source_files)

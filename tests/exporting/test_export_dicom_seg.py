@@ -13,6 +13,7 @@ import pytest
 from export_builders import PROJECT_LABELS, nifti_source_case, read_dicom_series_as_case
 
 from annotator.exporting import ExportCase, ExportError, write_dicom_seg
+from annotator.exporting.dicom_seg import hex_to_cielab
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The string .* is unlikely to represent the intended person name"
@@ -233,3 +234,13 @@ def test_seg_with_a_label_on_another_grid_than_the_image_is_refused(tmp_path, sh
     with pytest.raises(ExportError, match="differs from image shape"):
         write_dicom_seg(case, PROJECT_LABELS, files, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    ("color", "expected_lab"),
+    [("#ffffff", (100.0, 0.0, 0.0)), ("#000000", (0.0, 0.0, 0.0)), ("#ff0000", (53.24, 80.09, 67.20))],
+)
+def test_class_colours_become_the_cielab_display_colour(color, expected_lab):
+    scaled = hex_to_cielab(color).value  # DICOM scaling: L 0..100 -> 0..65535, a/b -128..127 -> 0..65535
+    lab = (scaled[0] / 65535 * 100, scaled[1] / 65535 * 255 - 128, scaled[2] / 65535 * 255 - 128)
+    assert lab == pytest.approx(expected_lab, abs=0.05)
