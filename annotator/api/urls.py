@@ -1,11 +1,13 @@
 """URL table of /api/ (docs/ARCHITECTURE.md, "REST API")."""
 
-from django.urls import path
+from django.urls import include, path
 from rest_framework.authtoken.views import obtain_auth_token
 
 from annotator.api import views
 
 urlpatterns = [
+    # Live propagation (jobs, refinements, undo/redo, manual-edit POST on revisions/); first so it wins.
+    path("", include("annotator.api.live")),
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("me/", views.MeView.as_view(), name="api-me"),
     path("projects/", views.ProjectListView.as_view(), name="api-projects"),
