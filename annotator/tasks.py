@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from annotator import live_tasks  # noqa: F401  (registers the gpu-queue propagation task with Celery)
 from annotator.services import imports
 
 
