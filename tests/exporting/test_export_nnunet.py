@@ -262,3 +262,22 @@ def test_export_without_cases_or_into_a_used_folder_is_refused(tmp_path):
     with pytest.raises(ExportError, match=r"1\.\.999"):
         write_nnunet_dataset(tmp_path, 1000, "Big", _synthetic_cases()[:1], PROJECT_LABELS)
     assert not os.path.exists(tmp_path / "Dataset015_Used" / "dataset.json")
+
+
+def test_real_nrrd_imported_by_the_importer_exports_on_its_ijk_grid_and_ras_affine(tmp_path, shared_data):
+    upload = pytest.importorskip("annotator.imaging.upload")
+    types = pytest.importorskip("annotator.imaging.types")
+    nrrd = pytest.importorskip("nrrd")
+    source = shared_data / "dicom" / "dcmqi_ct3slice" / "nrrd" / "liver_spine_seg.nrrd"
+    source_data, _ = nrrd.read(str(source))
+    result = upload.read_upload([source], tmp_path / "work", types.ImportLimits())
+    (volume,) = result.volumes
+    label = np.where(volume.array == 2, 5, np.where(volume.array == 1, 2, 0)).astype(np.uint8)
+    case = ExportCase("nrrd", volume.array, label, volume.affine, volume.source_format, volume.source_meta)
+
+    write_case_label_nifti(case, tmp_path / "nrrd_label.nii.gz", PROJECT_LABELS)
+
+    written = nib.load(tmp_path / "nrrd_label.nii.gz")
+    expected = np.where(source_data == 2, 5, np.where(source_data == 1, 2, 0))
+    assert np.array_equal(np.asanyarray(written.dataobj), expected)
+    np.testing.assert_allclose(written.affine, np.asarray(volume.source_meta["affine_ras_ijk"]), atol=1e-4)
