@@ -90,7 +90,7 @@ def render_slice_png(
         scale = max_size / max(out_height, out_width)
         out_height, out_width = out_height * scale, out_width * scale
     size = (max(1, round(out_width)), max(1, round(out_height)))
-    image = Image.fromarray(np.ascontiguousarray(grey), mode="L")
+    image = Image.fromarray(np.ascontiguousarray(grey))  # uint8 2D -> mode "L"
     if size != (width_px, height_px):
         image = image.resize(size, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
