@@ -181,17 +181,35 @@ def make_case(db: None) -> Callable[..., Any]:
     return build
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_broker_folders(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Messages sent by tests land in a temporary filesystem broker, never in the repository's var/."""
+    from backend.celery import app, ensure_embedded_broker_folders
+
+    if str(app.conf.broker_url or "").startswith("filesystem"):
+        root = tmp_path_factory.mktemp("celery")
+        # The Django-namespaced key is the one Celery reads (config_from_object(namespace="CELERY")).
+        app.conf.CELERY_BROKER_TRANSPORT_OPTIONS = {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "control_folder": str(root / "control"),
+            "processed_folder": str(root / "processed"),
+            "store_processed": False,
+        }
+        ensure_embedded_broker_folders()
+
+
 @pytest.fixture
 def celery_eager() -> Iterator[None]:
     """Run ``.delay()`` in-process. Only for flow tests of the io path (see tests/api/test_imports.py)."""
     from backend.celery import app
 
-    previous = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    previous = app.conf.CELERY_TASK_ALWAYS_EAGER, app.conf.get("CELERY_TASK_EAGER_PROPAGATES", False)
+    app.conf.CELERY_TASK_ALWAYS_EAGER, app.conf.CELERY_TASK_EAGER_PROPAGATES = True, True
     try:
         yield
     finally:
-        app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+        app.conf.CELERY_TASK_ALWAYS_EAGER, app.conf.CELERY_TASK_EAGER_PROPAGATES = previous
 
 
 @pytest.fixture
