@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 
 from .dicom import has_dicom_preamble
-from .geometry import LPS_TO_RAS, ijk_affine_to_canonical, signed_axis_mapping
+from .geometry import LPS_TO_RAS, apply_axis_mapping, ijk_affine_to_canonical, signed_axis_mapping
 from .nifti import load_nifti_image, looks_like_nifti, read_nifti_data
 from .nrrd_reader import looks_like_nrrd, nrrd_header_affine_ras, read_nrrd_array
 from .types import LoadedVolume, VolumeImportError
@@ -87,11 +87,7 @@ def _align_grid_array(
     if mapping is None:
         raise _grid_mismatch(label_name, shape, volume, "its voxels are at other positions in space")
     axes, flips = mapping
-    reordered = label_zyx.transpose(axes)
-    flip_axes = [axis for axis in range(3) if flips[axis]]
-    if flip_axes:
-        reordered = np.flip(reordered, axis=flip_axes)
-    return np.ascontiguousarray(reordered)
+    return apply_axis_mapping(label_zyx, axes, flips)
 
 
 def _read_dicom_seg(label_path: Path, volume: LoadedVolume, label_name: str) -> np.ndarray:

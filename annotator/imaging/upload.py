@@ -128,6 +128,10 @@ def read_upload(
                 extracted_roots.append(destination)
             except VolumeImportError as exc:
                 errors.append(FileError(path.name, exc.message, exc.code))
+        elif path.name.lower().endswith(".zip"):
+            errors.append(
+                FileError(path.name, f"{path.name} is not a readable zip archive.", "corrupt_archive")
+            )
         else:
             candidates.append((path, path.name))
         tracker.report(0.1 * (index + 1) / len(paths))

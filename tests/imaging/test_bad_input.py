@@ -112,6 +112,14 @@ def test_zip_with_paths_leaving_the_folder_is_rejected_before_extracting(tmp_pat
     assert not (tmp_path / "evil.nii").exists()
 
 
+def test_broken_zip_is_reported_as_a_corrupt_archive(tmp_path):
+    archive = tmp_path / "series.zip"
+    archive.write_bytes(b"PK\x03\x04" + bytes(100))
+    error = _import_error([archive], tmp_path / "work")
+    assert error.code == "corrupt_archive"
+    assert "series.zip" in error.message
+
+
 def test_zip_with_a_symlink_is_rejected(tmp_path):
     archive = tmp_path / "links.zip"
     with zipfile.ZipFile(archive, "w") as writer:
