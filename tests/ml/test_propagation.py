@@ -1,0 +1,215 @@
+"""The propagation loop itself, driven by a scripted predictor (``OraclePredictor`` tests the loop only).
+
+Each generated slice carries its own index in pixel ``(0, 0)``, so the oracle can look up the true mask of
+any target and log which slices it was asked for. Predictor quality plays no part here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from ml.engine import BoxPrompt, Engine, MaskPrompt, PointPrompt, PropagationCancelled
+from ml.predictor import SliceClick, Window
+from ml.propagation import chunk_slices, keep_connected
+
+
+class OraclePredictor:
+    """Answers with the true masks (tests the loop only, not any model).
+
+    ``calls`` logs ``(guide_z, [target z, ...])`` per ``propagate`` call; ``prompt_calls`` counts prompt masks.
+    """
+
+    name = "oracle"
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = truth
+        self.calls: list[tuple[int, list[int]]] = []
+        self.prompt_calls = 0
+
+    def prompt_mask(
+        self,
+        image: np.ndarray,
+        spacing_yx: tuple[float, float],
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        clicks: Sequence[SliceClick] = (),
+        prior: np.ndarray | None = None,
+    ) -> np.ndarray:
+        self.prompt_calls += 1
+        return self.truth[int(image[0, 0])].copy()
+
+    def propagate(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        guide_distances: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        assert guide_mask.any(), "the loop must never hand over an empty guide"
+        target_z = [int(target[0, 0]) for target in targets]
+        self.calls.append((int(guide_image[0, 0]), target_z))
+        return self.truth[target_z].astype(np.float32)
+
+
+def tagged_volume(depth: int, size: int = 24) -> np.ndarray:
+    """``(depth, size, size)`` float32 whose pixel ``(0, 0)`` of slice z holds z."""
+    volume = np.full((depth, size, size), 50.0, dtype=np.float32)
+    volume[:, 0, 0] = np.arange(depth)
+    return volume
+
+
+def square_truth(depth: int, first: int, last: int, size: int = 24) -> np.ndarray:
+    truth = np.zeros((depth, size, size), dtype=bool)
+    truth[first : last + 1, 8:16, 8:16] = True
+    return truth
+
+
+def run(engine: Engine, volume: np.ndarray, spacing: tuple[float, float, float], prompt, **kwargs) -> list:
+    return list(engine.propagate(volume, spacing, prompt, **kwargs))
+
+
+def test_prompt_slice_is_yielded_before_any_propagation_work() -> None:
+    truth = square_truth(30, 5, 25)
+    oracle = OraclePredictor(truth)
+    steps = Engine(oracle).propagate(tagged_volume(30), (1.0, 1.0, 1.0), BoxPrompt(15, 8, 8, 15, 15))
+    first = next(steps)
+    assert (first.z, first.direction, first.done) == (15, "prompt", 1)
+    assert oracle.calls == []
+    assert np.array_equal(first.mask, truth[15])
+
+
+def test_each_direction_is_outward_ordered_and_no_slice_repeats() -> None:
+    truth = square_truth(60, 3, 55)
+    steps = run(Engine(OraclePredictor(truth)), tagged_volume(60), (1.0, 1.0, 1.0), MaskPrompt(30, truth[30]))
+    zs = [step.z for step in steps]
+    assert len(zs) == len(set(zs))
+    up = [step.z for step in steps if step.direction == "up"]
+    down = [step.z for step in steps if step.direction == "down"]
+    assert up == list(range(31, 56))
+    assert down == list(range(29, 2, -1))
+    assert steps[-1].done == len(steps) and steps[-1].done_up == len(up) and steps[-1].done_down == len(down)
+
+
+def test_directions_interleave_chunk_by_chunk() -> None:
+    truth = square_truth(80, 2, 77)
+    steps = run(Engine(OraclePredictor(truth)), tagged_volume(80), (1.0, 1.0, 1.0), MaskPrompt(40, truth[40]))
+    directions = [step.direction for step in steps[1:]]
+    first_down = directions.index("down")
+    assert first_down == 20  # one 20 mm chunk up, then one down
+    assert "up" in directions[first_down:]  # up resumes after the down chunk
+
+
+def test_stops_at_first_empty_slice_and_next_guide_is_the_outermost_slice() -> None:
+    truth = square_truth(60, 10, 47)
+    oracle = OraclePredictor(truth)
+    steps = run(Engine(oracle), tagged_volume(60), (1.0, 1.0, 1.0), MaskPrompt(20, truth[20]))
+    assert {step.z for step in steps} == set(range(10, 48))
+    up_calls = [call for call in oracle.calls if call[1][0] > call[0]]
+    assert [guide for guide, _ in up_calls] == [20, 40]
+    assert up_calls[0][1] == list(range(21, 41))
+
+
+@pytest.mark.parametrize(("spacing_z", "slices"), [(0.5, 40), (1.0, 20), (2.5, 8), (5.0, 4), (30.0, 1)])
+def test_chunk_is_about_twenty_millimetres_whatever_the_slice_thickness(
+    spacing_z: float, slices: int
+) -> None:
+    assert chunk_slices(spacing_z) == slices
+    truth = square_truth(90, 0, 89)
+    oracle = OraclePredictor(truth)
+    run(Engine(oracle), tagged_volume(90), (spacing_z, 1.0, 1.0), MaskPrompt(45, truth[45]))
+    assert max(len(targets) for _, targets in oracle.calls) == slices
+
+
+def test_boundary_slices_are_respected() -> None:
+    truth = square_truth(50, 0, 49)
+    steps = run(
+        Engine(OraclePredictor(truth)),
+        tagged_volume(50),
+        (1.0, 1.0, 1.0),
+        MaskPrompt(25, truth[25]),
+        z_min=18,
+        z_max=31,
+    )
+    assert {step.z for step in steps} == set(range(18, 32))
+
+
+def test_volume_edges_end_the_walk() -> None:
+    truth = square_truth(12, 0, 11)
+    steps = run(Engine(OraclePredictor(truth)), tagged_volume(12), (1.0, 1.0, 1.0), MaskPrompt(0, truth[0]))
+    assert [step.z for step in steps] == list(range(12))
+
+
+def test_blobs_not_connected_to_the_prompt_are_dropped_as_they_stream() -> None:
+    truth = square_truth(30, 5, 25)
+    truth[12:18, 0:3, 20:23] = True  # a separate object the predictor also "sees"
+    steps = run(
+        Engine(OraclePredictor(truth)),
+        tagged_volume(30),
+        (1.0, 1.0, 1.0),
+        MaskPrompt(15, square_truth(30, 5, 25)[15]),
+    )
+    for step in steps[1:]:
+        assert not step.mask[0:3, 20:23].any()
+
+
+def test_a_slice_with_only_an_unconnected_blob_stops_the_direction() -> None:
+    truth = square_truth(30, 5, 25)
+    truth[20:26] = False
+    truth[20:26, 0:4, 0:4] = True  # jumps away: not 26-connected to slice 19
+    steps = run(Engine(OraclePredictor(truth)), tagged_volume(30), (1.0, 1.0, 1.0), MaskPrompt(15, truth[15]))
+    assert max(step.z for step in steps) == 19
+
+
+def test_keep_connected_counts_diagonal_neighbours() -> None:
+    previous = np.zeros((8, 8), dtype=bool)
+    previous[2, 2] = True
+    candidate = np.zeros((8, 8), dtype=bool)
+    candidate[3, 3] = True  # diagonal to the previous pixel: 26-connected in 3D
+    candidate[6, 6] = True
+    kept = keep_connected(candidate, previous)
+    assert kept[3, 3] and not kept[6, 6]
+
+
+def test_segment_equals_the_union_of_the_streamed_slices() -> None:
+    truth = square_truth(40, 4, 33)
+    engine = Engine(OraclePredictor(truth))
+    union = np.zeros_like(truth)
+    for step in engine.propagate(tagged_volume(40), (2.0, 1.0, 1.0), PointPrompt(20, 12, 12)):
+        union[step.z] |= step.mask
+    segmented = engine.segment(tagged_volume(40), (2.0, 1.0, 1.0), PointPrompt(20, 12, 12))
+    assert np.array_equal(segmented, union)
+    assert np.array_equal(segmented, truth)
+
+
+def test_an_empty_prompt_result_yields_the_prompt_slice_and_stops() -> None:
+    truth = square_truth(20, 12, 18)  # nothing on slice 5
+    oracle = OraclePredictor(truth)
+    steps = run(Engine(oracle), tagged_volume(20), (1.0, 1.0, 1.0), BoxPrompt(5, 2, 2, 6, 6))
+    assert [(step.z, bool(step.mask.any())) for step in steps] == [(5, False)]
+    assert oracle.calls == []
+
+
+def test_should_stop_ends_the_stream_promptly_and_segment_raises() -> None:
+    truth = square_truth(200, 0, 199)
+    oracle = OraclePredictor(truth)
+    engine = Engine(oracle)
+    steps = list(
+        engine.propagate(
+            tagged_volume(200),
+            (1.0, 1.0, 1.0),
+            MaskPrompt(100, truth[100]),
+            should_stop=lambda: len(oracle.calls) >= 2,
+        )
+    )
+    assert len(oracle.calls) == 2
+    assert len(steps) == 1 + 20 + 20
+    with pytest.raises(PropagationCancelled):
+        engine.segment(
+            tagged_volume(200), (1.0, 1.0, 1.0), MaskPrompt(100, truth[100]), should_stop=lambda: True
+        )
