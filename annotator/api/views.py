@@ -81,6 +81,7 @@ def _projects_with_role(user: Any) -> Any:
 class ProjectListView(GenericAPIView):
     serializer_class = api.ProjectSerializer
 
+    @extend_schema(operation_id="projects_list", responses=api.ProjectSerializer(many=True))
     def get(self, request: Request) -> Response:
         return Response(api.ProjectSerializer(_projects_with_role(request.user), many=True).data)
 
@@ -124,6 +125,7 @@ class ProjectDetailView(GenericAPIView):
 class MemberListView(GenericAPIView):
     serializer_class = api.MembershipSerializer
 
+    @extend_schema(operation_id="projects_members_list", responses=api.MembershipSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:
         project, _ = access.get_visible_project(request.user, project_id)
         members = project.memberships.select_related("user").order_by("role", "user__username")
@@ -162,6 +164,7 @@ class MemberDetailView(GenericAPIView):
 class LabelListView(GenericAPIView):
     serializer_class = api.LabelClassSerializer
 
+    @extend_schema(operation_id="projects_labels_list", responses=api.LabelClassSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:
         project, _ = access.get_visible_project(request.user, project_id)
         return Response(api.LabelClassSerializer(project.label_classes.all(), many=True).data)
@@ -200,6 +203,7 @@ class ImportListView(GenericAPIView):
     serializer_class = api.ImportJobSerializer
     parser_classes = [MultiPartParser, FormParser, JSONParser]
 
+    @extend_schema(operation_id="projects_imports_list", responses=api.ImportJobSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:
         project = access.get_managed_project(request.user, project_id)
         jobs = project.import_jobs.select_related("created_by").prefetch_related("cases")[:200]
@@ -252,12 +256,14 @@ class CaseListView(GenericAPIView):
     serializer_class = api.CaseSerializer
 
     @extend_schema(
+        operation_id="cases_list",
+        responses=api.CaseSerializer(many=True),
         parameters=[
             OpenApiParameter("project", int),
             OpenApiParameter("status", str, description="one status or several, comma-separated"),
             OpenApiParameter("assignee", str, description="user id, or 'none'"),
             OpenApiParameter("reviewer", str, description="user id, or 'none'"),
-        ]
+        ],
     )
     def get(self, request: Request) -> Response:
         queryset = cases.cases_for_listing(access.cases_visible_to(request.user), request.query_params)
@@ -366,6 +372,7 @@ class SliceView(GenericAPIView):
 class RevisionListView(GenericAPIView):
     serializer_class = api.RevisionSerializer
 
+    @extend_schema(operation_id="cases_revisions_list", responses=api.RevisionSerializer(many=True))
     def get(self, request: Request, case_id: int) -> Response:
         case = access.get_visible_case(request.user, case_id)
         queryset = SegmentationRevision.objects.filter(case=case).select_related("author").order_by("number")
