@@ -45,4 +45,5 @@ urlpatterns = [
         views.RevisionNiftiView.as_view(),
         name="api-revision-nifti",
     ),
+    path("", include("annotator.api.workflow")),  # workflow, assignment, dashboard, audit, exports
 ]
