@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from annotator import live_tasks  # noqa: F401  (registers the gpu-queue propagation task with Celery)
+from annotator.export_tasks import run_export  # noqa: F401  (registers the export task with workers)
 from annotator.services import imports
 
 
