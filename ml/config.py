@@ -9,6 +9,8 @@ Two presets exist for each network:
 * ``PAPER``: the PropSAM/PAM sizes (channels 32..512, 6 stages, 224 px input; PropMask ~32.5 M parameters,
   Box2Mask ~20.6 M).
 * ``FAST``: the shipped CPU configuration (channels 16..256, 6 stages, 96 px input).
+
+(``TINY`` exists for tests only.)
 """
 
 from __future__ import annotations
@@ -116,9 +118,18 @@ PAPER_PROPMASK = PropMaskConfig(
 FAST_BOX2MASK = Box2MaskConfig()
 FAST_PROPMASK = PropMaskConfig()
 
+TINY_BOX2MASK = Box2MaskConfig(
+    base_width=4, max_width=16, n_stages=4, input_size=32, deep_supervision_heads=2
+)
+TINY_PROPMASK = PropMaskConfig(
+    base_width=4, max_width=16, n_stages=4, input_size=32, attention_stages=2, deep_supervision_heads=2
+)
+"""``TINY``: seconds-fast networks for tests and smoke runs only (no accuracy)."""
+
 PRESETS: dict[str, tuple[Box2MaskConfig, PropMaskConfig]] = {
     "paper": (PAPER_BOX2MASK, PAPER_PROPMASK),
     "fast": (FAST_BOX2MASK, FAST_PROPMASK),
+    "tiny": (TINY_BOX2MASK, TINY_PROPMASK),
 }
 
 # Inference geometry shared by training (as the centre of its random ranges) and the learned predictor.

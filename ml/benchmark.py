@@ -1,0 +1,138 @@
+"""Speed benchmark: ``python -m ml.benchmark [--json OUT]``.
+
+In one run, on the same generated inputs and through the same ``LearnedPredictor.propagate`` code path
+(crop, window, resize, network, present gate, paste-back):
+
+* ms per propagated slice for the shipped configuration (``ml/weights/``; an untrained network of the FAST
+  preset when no weights are shipped yet: same architecture, same speed) and for the paper-size
+  configuration (PropSAM: channels 32..512, 224 px, untrained: only its speed matters here),
+* their ratio,
+* the time to propagate a 100-slice object with the shipped configuration (PropSAM windows of 20 slices
+  per call at 1 mm, every slice predicted once; the network is run whatever it predicts, so the figure does
+  not depend on where an untrained model would stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.config import slices_per_side
+from ml.learned import LearnedPredictor, load_learned_predictor
+from ml.predictor import Window
+
+
+def generated_volume(depth: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(image float32 (depth, size, size), mask bool (depth, size, size))``: a noisy bright ellipsoid."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(
+        np.linspace(-1, 1, depth), np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij"
+    )
+    mask = (zz / 0.98) ** 2 + (yy / 0.3) ** 2 + (xx / 0.25) ** 2 < 1.0
+    image = (100.0 * mask + rng.normal(0, 20, mask.shape)).astype(np.float32)
+    return image, mask
+
+
+def time_propagation(
+    predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray, slices: int, repeats: int
+) -> float:
+    """Median ms per propagated slice over ``repeats`` calls of ``slices`` targets (after one warm-up)."""
+    guide_z = image.shape[0] // 2
+    targets = image[guide_z + 1 : guide_z + 1 + slices]
+    window = Window(0.0, 100.0)
+    predictor.propagate(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0))
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor.propagate(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0))
+        timings.append((time.perf_counter() - started) * 1000.0 / slices)
+    return statistics.median(timings)
+
+
+def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray) -> float:
+    """Seconds to predict every slice of the object once, outward from its middle, in 20 mm windows."""
+    depth = image.shape[0]
+    middle = depth // 2
+    reach = slices_per_side(1.0)
+    window = Window(0.0, 100.0)
+    started = time.perf_counter()
+    for direction in (1, -1):
+        guide = middle
+        while 0 <= guide + direction < depth:
+            indices = [
+                guide + direction * step
+                for step in range(1, reach + 1)
+                if 0 <= guide + direction * step < depth
+            ]
+            predictor.propagate(image[guide], mask[guide], image[indices], window, (1.0, 1.0))
+            guide = indices[-1]
+    return time.perf_counter() - started
+
+
+def run(
+    slices: int = 16, paper_slices: int = 4, repeats: int = 3, size: int = 256, threads: int = 2
+) -> dict[str, Any]:
+    """All figures as a dict (see the module docstring)."""
+    torch.set_num_threads(threads)
+    try:
+        shipped = load_learned_predictor(device="cpu")
+        shipped_source = "ml/weights (trained)"
+    except FileNotFoundError:
+        shipped = LearnedPredictor.from_untrained("fast", "cpu")
+        shipped_source = "FAST preset, untrained (no shipped weights found)"
+    paper = LearnedPredictor.from_untrained("paper", "cpu")
+    image, mask = generated_volume(101, size)
+    shipped_ms = time_propagation(shipped, image, mask, slices, repeats)
+    paper_ms = time_propagation(paper, image, mask, paper_slices, max(1, repeats - 1))
+    object_seconds = time_object(shipped, image, mask)
+    return {
+        "shipped_ms_per_slice": round(shipped_ms, 2),
+        "paper_ms_per_slice": round(paper_ms, 2),
+        "speedup": round(paper_ms / shipped_ms, 1),
+        "object_100_slices_seconds": round(object_seconds, 2),
+        "shipped_source": shipped_source,
+        "shipped_config": shipped.propmask.config.to_dict(),
+        "paper_config": paper.propmask.config.to_dict(),
+        "slice_size": [size, size],
+        "threads": threads,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "targets_per_call": {"shipped": slices, "paper": paper_slices},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml.benchmark", description="PropMask speed, shipped vs paper size."
+    )
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")
+    parser.add_argument("--slices", type=int, default=16, help="targets per propagate call (shipped)")
+    parser.add_argument("--paper-slices", type=int, default=4, help="targets per propagate call (paper size)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--size", type=int, default=256, help="slice height and width of the generated volume"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if min(args.slices, args.paper_slices, args.repeats) < 1 or args.size < 32:
+        parser.error("--slices, --paper-slices and --repeats must be >= 1 and --size >= 32")
+    figures = run(args.slices, args.paper_slices, args.repeats, args.size, args.threads)
+    print(f"shipped ({figures['shipped_source']}): {figures['shipped_ms_per_slice']:.1f} ms per slice")
+    print(f"paper size (32..512 channels, 224 px): {figures['paper_ms_per_slice']:.1f} ms per slice")
+    print(f"speed-up: {figures['speedup']:.1f}x")
+    print(f"100-slice object (shipped): {figures['object_100_slices_seconds']:.2f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

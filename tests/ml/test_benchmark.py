@@ -1,0 +1,39 @@
+"""The benchmark reports shipped vs paper-size speed from one run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import torch
+
+from ml import benchmark
+
+torch.set_num_threads(1)
+
+
+def test_benchmark_prints_and_writes_both_configurations(tmp_path: pathlib.Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    figures = benchmark.main(
+        [
+            "--slices",
+            "2",
+            "--paper-slices",
+            "1",
+            "--repeats",
+            "1",
+            "--size",
+            "48",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "ms per slice" in printed and "speed-up" in printed and "100-slice object" in printed
+    assert json.loads(out.read_text()) == json.loads(json.dumps(figures))
+    assert figures["paper_config"]["input_size"] == 224 and figures["shipped_config"]["input_size"] < 224
+    # The paper network does ~20x the work per slice; even on a busy CPU it must be clearly slower.
+    assert figures["speedup"] > 2.0
+    assert figures["object_100_slices_seconds"] > 0

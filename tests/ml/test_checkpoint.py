@@ -1,0 +1,97 @@
+"""Checkpoints rebuild their networks from their own stored configuration."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+from ml.checkpoint import (
+    WEIGHTS_FILE,
+    export_weights,
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+)
+from ml.config import Box2MaskConfig, PropMaskConfig
+from ml.networks import Box2Mask, PropMask
+
+torch.set_num_threads(1)
+
+BOX = Box2MaskConfig(base_width=4, max_width=16, n_stages=4, input_size=32, deep_supervision_heads=2)
+PROP = PropMaskConfig(
+    base_width=6, max_width=24, n_stages=4, input_size=32, attention_stages=3, deep_supervision_heads=2
+)
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    return (
+        torch.randn(1, 1, 32, 32, generator=generator),
+        (torch.rand(1, 1, 32, 32, generator=generator) > 0.5).float(),
+        torch.randn(1, 3, 32, 32, generator=generator),
+        torch.randn(2, 5, 32, 32, generator=generator),
+    )
+
+
+def _outputs(box2mask: Box2Mask, propmask: PropMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    guide, mask, adjacent, box_inputs = _inputs()
+    with torch.no_grad():
+        prop = propmask.eval()(guide, mask, adjacent)
+        return prop.masks[0], prop.present, box2mask.eval()(box_inputs)[0]
+
+
+def test_weights_round_trip_rebuilds_the_same_networks(tmp_path: pathlib.Path) -> None:
+    box2mask, propmask = Box2Mask(BOX), PropMask(PROP)
+    save_weights(tmp_path / WEIGHTS_FILE, box2mask, propmask, {"note": "test"}, half=False)
+    loaded_box, loaded_prop, metadata = load_weights(tmp_path / WEIGHTS_FILE)
+    assert loaded_prop.config == PROP and loaded_box.config == BOX
+    assert metadata == {"note": "test"}
+    for before, after in zip(_outputs(box2mask, propmask), _outputs(loaded_box, loaded_prop), strict=True):
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+def test_half_precision_weights_stay_close(tmp_path: pathlib.Path) -> None:
+    box2mask, propmask = Box2Mask(BOX), PropMask(PROP)
+    save_weights(tmp_path / WEIGHTS_FILE, box2mask, propmask, {})
+    loaded_box, loaded_prop, _ = load_weights(tmp_path / WEIGHTS_FILE)
+    for before, after in zip(_outputs(box2mask, propmask), _outputs(loaded_box, loaded_prop), strict=True):
+        torch.testing.assert_close(before, after, rtol=0.05, atol=0.05)
+
+
+def test_training_state_resumes_optimizer_and_step_and_exports(tmp_path: pathlib.Path) -> None:
+    box2mask, propmask = Box2Mask(BOX), PropMask(PROP)
+    optimizer = torch.optim.AdamW(propmask.parameters(), lr=1e-3)
+    guide, mask, adjacent, _ = _inputs()
+    propmask(guide, mask, adjacent).masks[0].mean().backward()
+    optimizer.step()
+    save_training_state(
+        tmp_path / "last.pt",
+        box2mask,
+        propmask,
+        {"propmask": optimizer},
+        17,
+        {"trained_seconds": 3.0},
+        {"x": 1},
+    )
+    state = load_training_state(tmp_path / "last.pt")
+    assert state["step"] == 17 and state["rng"] == {"x": 1}
+    assert state["optimizers"]["propmask"]["state"]  # Adam moments were stored
+    _, restored = state["networks"]
+    for before, after in zip(
+        _outputs(box2mask, propmask), _outputs(state["networks"][0], restored), strict=True
+    ):
+        torch.testing.assert_close(before, after, rtol=0, atol=0)
+    exported = export_weights(tmp_path / "last.pt", tmp_path / "weights")
+    assert exported.name == WEIGHTS_FILE
+    assert load_weights(exported)[2]["step"] == 17
+
+
+def test_missing_or_foreign_files_are_reported(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_weights(tmp_path / "nothing.pt")
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a PropLabel checkpoint"):
+        load_weights(tmp_path / "foreign.pt")

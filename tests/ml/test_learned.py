@@ -1,0 +1,141 @@
+"""The learned predictor honours the SlicePredictor contract; the shipped weights really segment."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE
+from ml.learned import LearnedPredictor, load_learned_predictor
+from ml.networks.propmask import PropMaskOutput
+from ml.predictor import SliceClick, Window
+
+torch.set_num_threads(1)
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SPLITS = pathlib.Path(__file__).resolve().parents[2] / "ml" / "splits.json"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> LearnedPredictor:
+    torch.manual_seed(0)
+    return LearnedPredictor.from_untrained("tiny", "cpu")
+
+
+@pytest.fixture
+def slice_and_mask() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1, (70, 90)).astype(np.float32)
+    mask = np.zeros((70, 90), dtype=bool)
+    mask[20:40, 30:55] = True
+    image[mask] += 5
+    return image, mask
+
+
+def test_propagate_returns_probabilities_for_every_target(predictor, slice_and_mask) -> None:
+    image, mask = slice_and_mask
+    targets = np.stack([image] * 11)
+    probabilities = predictor.propagate(
+        image, mask, targets, Window(-1, 6), (1.0, 1.0), guide_distances=[1.0] * 11
+    )
+    assert probabilities.shape == (11, 70, 90) and probabilities.dtype == np.float32
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+
+
+def test_objects_near_the_slice_edge_are_padded_not_lost(predictor) -> None:
+    image = np.zeros((40, 40), dtype=np.float32)
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[0:6, 34:40] = True
+    assert predictor.propagate(image, mask, image[None], Window(0, 1), (0.7, 0.7)).shape == (1, 40, 40)
+    assert predictor.prompt_mask(image, (0.7, 0.7), box=(0, 34, 5, 39)).shape == (40, 40)
+
+
+def test_slices_judged_object_free_come_back_below_one_half(predictor, slice_and_mask, monkeypatch) -> None:
+    image, mask = slice_and_mask
+
+    def confident_but_absent(guide, guide_mask, adjacent, all_heads=True) -> PropMaskOutput:
+        count = adjacent.shape[1]
+        return PropMaskOutput(
+            masks=[torch.full((1, count, 32, 32), 9.0)], present=torch.full((1, count), -9.0)
+        )
+
+    monkeypatch.setattr(predictor.propmask, "forward", confident_but_absent)
+    probabilities = predictor.propagate(image, mask, np.stack([image] * 3), Window(-1, 6), (1.0, 1.0))
+    assert probabilities.max() < 0.5
+
+
+def test_prompt_mask_accepts_box_clicks_and_prior(predictor, slice_and_mask) -> None:
+    image, mask = slice_and_mask
+    for kwargs in (
+        {"box": (20, 30, 39, 54)},
+        {"clicks": [SliceClick(30, 40)]},
+        {"clicks": [SliceClick(30, 40), SliceClick(5, 5, positive=False)], "box": (20, 30, 39, 54)},
+        {"clicks": [SliceClick(22, 32, positive=False)], "prior": mask},
+    ):
+        result = predictor.prompt_mask(image, (0.8, 0.8), **kwargs)
+        assert result.shape == image.shape and result.dtype == bool
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, i, m: p.prompt_mask(i, (1.0, 1.0)), "box or at least one click"),
+        (lambda p, i, m: p.prompt_mask(i, (1.0, 1.0), box=(30, 30, 20, 40)), "empty"),
+        (lambda p, i, m: p.prompt_mask(i, (1.0, 1.0), box=(100, 100, 120, 120)), "outside"),
+        (lambda p, i, m: p.prompt_mask(i, (1.0, 1.0), clicks=[SliceClick(500, 1)]), "outside"),
+        (lambda p, i, m: p.prompt_mask(i, (0.0, 1.0), box=(1, 1, 5, 5)), "spacing"),
+        (lambda p, i, m: p.prompt_mask(i, (1.0, 1.0), box=(1, 1, 5, 5), prior=m[:10]), "prior"),
+        (lambda p, i, m: p.propagate(i, np.zeros_like(m), i[None], Window(0, 1), (1, 1)), "empty"),
+        (lambda p, i, m: p.propagate(i, m, i, Window(0, 1), (1, 1)), "3D"),
+        (lambda p, i, m: p.propagate(i, m, i[None, :10], Window(0, 1), (1, 1)), "targets"),
+        (lambda p, i, m: p.propagate(np.full_like(i, np.nan), m, i[None], Window(0, 1), (1, 1)), "NaN"),
+    ],
+)
+def test_bad_input_is_rejected_with_a_clear_message(predictor, slice_and_mask, call, message) -> None:
+    image, mask = slice_and_mask
+    with pytest.raises(ValueError, match=message):
+        call(predictor, image, mask)
+
+
+def test_missing_weights_are_reported_with_a_hint(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"ml\.train"):
+        load_learned_predictor(tmp_path)
+
+
+def test_untrained_predictor_is_labelled_and_rejects_unknown_presets() -> None:
+    assert LearnedPredictor.from_untrained("tiny", "cpu").metadata == {"untrained": True}
+    with pytest.raises(ValueError, match="unknown preset"):
+        LearnedPredictor.from_untrained("huge", "cpu")
+
+
+@pytest.mark.shared_data
+def test_shipped_weights_segment_a_validation_hippocampus_case() -> None:
+    """A broken or missing checkpoint fails here (skipped only when the shared data is absent)."""
+    dataset = SHARED_DATA / "Dataset001_Hippocampus"
+    if not dataset.is_dir():
+        pytest.skip("../shared/data is not available")
+    assert (DEFAULT_WEIGHTS_DIR / WEIGHTS_FILE).is_file(), (
+        "shipped weights ml/weights/proplabel_learned.pt missing"
+    )
+    from ml.data import object_volume, read_case
+
+    case_id = json.loads(SPLITS.read_text())["datasets"]["Dataset001_Hippocampus"]["val"][0]
+    volume = object_volume(read_case(dataset, case_id))
+    obj = max(volume.objects, key=lambda item: item.areas.sum())
+    truth = volume.object_map == obj.object_id
+    z = obj.largest_slice
+    image, spacing = volume.case.image, volume.case.spacing
+    try:
+        from ml.engine import MaskPrompt, load_engine
+    except ImportError:
+        from ml.train import segment_object
+
+        result = segment_object(load_learned_predictor(device="cpu"), image, spacing, z, truth[z])
+    else:
+        result = load_engine(device="cpu").segment(image, spacing, MaskPrompt(z, truth[z]))
+    dice = 2 * (result & truth).sum() / (result.sum() + truth.sum())
+    assert dice >= 0.6, f"shipped weights give Dice {dice:.3f} on {case_id}"

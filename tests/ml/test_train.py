@@ -1,0 +1,96 @@
+"""Training: task sampling follows the PropSAM recipe, the loss falls, runs checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from ml import train
+from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+from ml.data import object_volume, synthetic_case
+from ml.networks import Box2Mask, PropMask
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sampler() -> train.TaskSampler:
+    rng = np.random.default_rng(3)
+    volumes = [object_volume(synthetic_case(rng, f"s{i}")) for i in range(3)]
+    return train.TaskSampler({"synthetic": volumes}, {"synthetic": 1.0}, seed=0)
+
+
+def test_propmask_tasks_have_guides_targets_and_empty_slices_past_the_ends(
+    sampler: train.TaskSampler,
+) -> None:
+    batches = [sampler.propmask_batch(8, 4, 32) for _ in range(6)]
+    batch = batches[0]
+    assert tuple(batch.guide.shape) == (8, 1, 32, 32) and tuple(batch.guide_mask.shape) == (8, 1, 32, 32)
+    assert tuple(batch.adjacent.shape) == (8, 4, 32, 32) and tuple(batch.target.shape) == (8, 4, 32, 32)
+    for batch in batches:
+        assert torch.all(batch.guide_mask.flatten(1).amax(1) == 1)  # every guide holds the object
+        assert torch.equal(batch.present, (batch.target.flatten(2).amax(2) > 0).float())
+        assert batch.guide.min() >= -1.5 and batch.guide.max() <= 1.5
+    present = torch.cat([batch.present.flatten() for batch in batches])
+    assert 0.1 < float(present.mean()) < 0.95  # the present head sees both answers
+
+
+def test_box2mask_samples_carry_box_click_and_prior_channels(sampler: train.TaskSampler) -> None:
+    inputs, target = sampler.box2mask_batch(48, 32)
+    assert tuple(inputs.shape) == (48, 5, 32, 32) and tuple(target.shape) == (48, 1, 32, 32)
+    assert (inputs[:, 1].flatten(1).amax(1) > 0).any()  # some boxes
+    assert (inputs[:, 2].flatten(1).amax(1) > 0.5).any()  # some positive clicks
+    assert (inputs[:, 4].flatten(1).amax(1) > 0).any()  # some prior masks to correct
+    assert torch.all(target.flatten(1).amax(1) == 1)
+
+
+def test_loss_falls_when_fitting_a_fixed_batch(sampler: train.TaskSampler) -> None:
+    torch.manual_seed(0)
+    propmask, box2mask = PropMask(TINY_PROPMASK), Box2Mask(TINY_BOX2MASK)
+    batch = sampler.propmask_batch(4, 2, 32)
+    box_inputs, box_target = sampler.box2mask_batch(8, 32)
+    optimizer = torch.optim.Adam([*propmask.parameters(), *box2mask.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        output = propmask(batch.guide, batch.guide_mask, batch.adjacent)
+        loss = train.segmentation_loss(output.masks, batch.target) + train.segmentation_loss(
+            box2mask(box_inputs), box_target
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_a_run_checkpoints_and_resumes_at_the_right_step(tmp_path: pathlib.Path) -> None:
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += [
+        "--run",
+        str(tmp_path / "run"),
+        "--data-dir",
+        str(tmp_path / "no-data"),
+        "--val-cases",
+        "0",
+        "0",
+    ]
+    first = train.main([*common, "--minutes", "5", "--max-steps", "3"])
+    assert first["step"] == 3
+    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "best.pt").is_file()
+    second = train.main([*common, "--minutes", "5", "--max-steps", "2", "--resume"])
+    assert second["step"] == 5
+    assert all(np.isfinite(value) for value in second["running_loss"].values())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("resumed at step 3" in entry["message"] for entry in log)
+
+
+def test_validation_dice_is_one_for_a_perfect_segmentation() -> None:
+    mask = np.zeros((4, 8, 8), dtype=bool)
+    mask[1:3, 2:6, 2:6] = True
+    assert train.dice(mask, mask) == 1.0
+    assert train.dice(mask, np.zeros_like(mask)) == 0.0
