@@ -316,7 +316,8 @@ def refine_steps(
     Each corrected slice with a non-empty mask becomes a guide for both directions. A propagated slice
     replaces the part of the old slice that belongs to this object (old 2D components touching the new
     mask or the previous slice's replaced part); old components elsewhere on the slice (another object
-    of the same label) are kept. A direction stops when the new slice agrees with the old one
+    of the same label) are kept. Removing a structure on a corrected slice (negative click or erasing)
+    therefore also removes it outward, as far as the new propagation reaches. A direction stops when the new slice agrees with the old one
     (Dice >= ``agreement_dice``; that slice is left as it was), when it comes back empty (the old slices
     beyond are left untouched: the new propagation never reached them), at the next corrected slice, or at
     ``z_low``/``z_high``. Slices no direction reaches are never touched.
@@ -347,7 +348,7 @@ def refine_steps(
         new_mask = corrected[z]
         if not new_mask.any():
             continue
-        related = _related_old_part(old_mask[z], new_mask, clicked_points.get(z, []), whole=z in edited)
+        related = _related_old_part(old_mask[z], new_mask, clicked_points.get(z, []))
         window = window_from_mask(_slice(volume, z), new_mask)
         upper = corrected_z[index + 1] - 1 if index + 1 < len(corrected_z) else z_high
         lower = corrected_z[index - 1] + 1 if index > 0 else z_low
@@ -358,16 +359,15 @@ def refine_steps(
 
 
 def _related_old_part(
-    old_slice: np.ndarray, new_mask: np.ndarray, points: list[tuple[int, int]], *, whole: bool
+    old_slice: np.ndarray, new_mask: np.ndarray, points: list[tuple[int, int]]
 ) -> np.ndarray:
     """The part of a corrected slice's old mask that the correction was about.
 
-    For an edited slice that is the whole old slice; for clicks, the old components touching the new
-    mask or containing a click (a removed false blob contains its negative click).
+    The old 2D components touching the new mask, the removed part (old but no longer new) or a click:
+    a false blob removed by a negative click or erased by hand counts, another object elsewhere on the
+    slice that the correction left alone does not.
     """
-    if whole:
-        return old_slice.copy()
-    reach = _dilate(new_mask)
+    reach = _dilate(new_mask) | (old_slice & ~new_mask)
     for y, x in points:
         reach[y, x] = True
     return _components_touching(old_slice, reach)
