@@ -151,11 +151,16 @@ def find_objects(labels: np.ndarray) -> list[EvalObject]:
 
 
 def interior_point(mask_2d: np.ndarray, spacing_yx: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int]:
-    """The pixel of a non-empty bool ``(Y, X)`` mask farthest (in mm) from its edge; slice borders count as edge."""
+    """The pixel of a non-empty bool ``(Y, X)`` mask farthest (in mm) from its edge; slice borders count as edge.
+
+    Ties (a plateau of equally deep pixels) go to the one nearest the mask's centroid.
+    """
     padded = np.pad(mask_2d, 1)
     distance = ndimage.distance_transform_edt(padded, sampling=spacing_yx)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return int(y), int(x)
+    ys, xs = np.nonzero(distance >= distance.max() - 1e-6)
+    centre_y, centre_x = np.argwhere(mask_2d).mean(axis=0)
+    nearest = int(np.argmin((ys - centre_y) ** 2 + (xs - centre_x) ** 2))
+    return int(ys[nearest]), int(xs[nearest])
 
 
 def make_prompt(obj: EvalObject, kind: str, spacing: tuple[float, float, float]) -> Prompt:

@@ -1,0 +1,144 @@
+"""``python -m ml.evaluate``: objects, simulated prompts and clicks, split lists, and a run end to end."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ml.engine import BoxPrompt, MaskPrompt, PointPrompt
+from ml.evaluate import main, read_split, select_cases
+from ml.objects import correction_click, find_objects, list_cases, load_case, make_prompt
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def test_objects_are_26_connected_components_with_at_least_two_slices_and_50_voxels() -> None:
+    labels = np.zeros((10, 30, 30), dtype=np.uint8)
+    labels[1:4, 2:7, 2:6] = 1  # 60 voxels over 3 slices: an object
+    labels[4, 7, 6] = 1  # touches the corner of the block above: same object under 26-connectivity
+    labels[6, 10:20, 10:20] = 1  # 100 voxels on one slice: too flat
+    labels[1:4, 20:23, 20:22] = 1  # 18 voxels: too small
+    labels[5:9, 20:28, 2:8] = 2  # a second label
+    objects = find_objects(labels)
+    assert [(obj.label, int(obj.mask.sum())) for obj in objects] == [(1, 61), (2, 192)]
+    assert objects[0].slice_range == (1, 4)
+
+
+def test_prompts_sit_on_the_largest_slice() -> None:
+    labels = np.zeros((6, 20, 20), dtype=np.uint8)
+    labels[1, 5:8, 5:8] = 1
+    labels[2, 4:13, 3:10] = 1  # the largest slice: rows 4..12, columns 3..9
+    labels[3, 5:9, 5:9] = 1
+    obj = find_objects(labels)[0]
+    assert make_prompt(obj, "box", (1.0, 1.0, 1.0)) == BoxPrompt(2, 4, 3, 12, 9)
+    mask_prompt = make_prompt(obj, "mask", (1.0, 1.0, 1.0))
+    assert isinstance(mask_prompt, MaskPrompt) and np.array_equal(mask_prompt.mask, labels[2] == 1)
+    assert make_prompt(obj, "point", (1.0, 1.0, 1.0)) == PointPrompt(2, 8, 6)
+
+
+def test_correction_click_targets_the_largest_error_on_the_worst_slice() -> None:
+    truth = np.zeros((5, 20, 20), dtype=bool)
+    truth[1:4, 5:15, 5:15] = True
+    missed = truth.copy()
+    missed[2, 5:15, 5:10] = False  # 50 missed voxels on slice 2
+    missed[1, 5:7, 5:7] = False
+    click = correction_click(missed, truth)
+    assert (click.z, click.positive) == (2, True)
+    assert truth[click.z, click.y, click.x] and not missed[click.z, click.y, click.x]
+
+    extra = truth.copy()
+    extra[3, 0:4, 0:20] = True  # 80 extra voxels on slice 3
+    click = correction_click(extra, truth)
+    assert (click.z, click.positive) == (3, False)
+    assert extra[click.z, click.y, click.x] and not truth[click.z, click.y, click.x]
+
+    assert correction_click(truth, truth) is None
+
+
+def test_split_lists_are_read_in_both_layouts_and_missing_ones_are_none(tmp_path: pathlib.Path) -> None:
+    nested = tmp_path / "nested.json"
+    nested.write_text(
+        json.dumps({"rule": "x", "datasets": {"DatasetX": {"train": ["a"], "val": ["b", "c"]}}})
+    )
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"DatasetX": {"train": ["a"], "val": ["b"]}}))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert read_split("DatasetX", "val", nested) == ["b", "c"]
+    assert read_split("DatasetX", "train", flat) == ["a"]
+    assert read_split("DatasetY", "val", nested) is None
+    assert read_split("DatasetX", "val", broken) is None
+    assert read_split("DatasetX", "val", tmp_path / "absent.json") is None
+
+
+def write_dataset(root: pathlib.Path, volume) -> pathlib.Path:
+    """A one-case nnU-Net raw data set from a canonical generated volume (NIfTI axes = canonical reversed)."""
+    dataset = root / "Dataset999_Generated"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    sz, sy, sx = volume.spacing
+    affine = np.diag([sx, sy, sz, 1.0])
+    nib.save(
+        nib.Nifti1Image(volume.image.transpose(2, 1, 0), affine), dataset / "imagesTr" / "gen_001_0000.nii.gz"
+    )
+    labels = volume.truth.astype(np.uint8).transpose(2, 1, 0)
+    nib.save(nib.Nifti1Image(labels, affine), dataset / "labelsTr" / "gen_001.nii.gz")
+    (dataset / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "blob": 1}, "file_ending": ".nii.gz", "numTraining": 1})
+    )
+    return dataset
+
+
+def test_cases_are_read_in_canonical_order_with_reversed_zooms(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid
+) -> None:
+    dataset = write_dataset(tmp_path, anisotropic_ellipsoid)
+    case = load_case(list_cases(dataset)[0])
+    assert case.spacing == pytest.approx(anisotropic_ellipsoid.spacing)
+    assert np.array_equal(case.labels.astype(bool), anisotropic_ellipsoid.truth)
+
+
+def test_evaluate_runs_end_to_end_and_writes_json(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid, capsys
+) -> None:
+    dataset = write_dataset(tmp_path, anisotropic_ellipsoid)
+    out = tmp_path / "report.json"
+    code = main(
+        [str(dataset), "--engine", "classical", "--prompt", "box", "--corrections", "2", "--json", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "no 'val' list for Dataset999_Generated" in printed
+    assert "1 blob" in printed and "ALL" in printed
+    report = json.loads(out.read_text())
+    assert report["cases"] == ["gen_001"]
+    (obj,) = report["objects"]
+    assert obj["prompt_z"] == anisotropic_ellipsoid.largest_slice
+    assert obj["dice"] > 0.9
+    assert len(obj["dice_after"]) == 2
+    assert report["dataset"]["objects"] == 1
+    assert report["per_label"]["1 blob"]["mean_dice"] == pytest.approx(obj["dice"])
+
+
+def test_missing_learned_weights_is_a_clear_error_not_a_fallback(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid, capsys
+) -> None:
+    dataset = write_dataset(tmp_path, anisotropic_ellipsoid)
+    code = main([str(dataset), "--engine", "learned", "--weights", str(tmp_path / "nothing")])
+    assert code == 2
+    assert "weights" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_classical_engine_on_two_hippocampus_validation_cases(capsys) -> None:
+    dataset = SHARED_DATA / "Dataset001_Hippocampus"
+    if not dataset.is_dir():
+        pytest.skip("shared data not available")
+    cases, note = select_cases(dataset, "val", 2)
+    assert len(cases) == 2 and "'val' split" in note
+    assert main([str(dataset), "--engine", "classical", "--prompt", "mask", "--cases", "2", "--quiet"]) == 0
+    assert "anterior" in capsys.readouterr().out
