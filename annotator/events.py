@@ -83,3 +83,8 @@ def job_retrying(case_id: int, job: dict[str, Any], reason: str) -> None:
 
 def revision_changed(case_id: int, current_revision: int | None) -> None:
     send_case_event(case_id, "revision", {"current_revision": current_revision})
+
+
+def case_status_changed(case: Any) -> None:
+    """``case.status`` ``{case, status}`` after a workflow transition."""
+    send_case_event(case.pk, "case.status", {"status": case.status})

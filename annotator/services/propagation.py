@@ -58,7 +58,7 @@ from annotator.models import (
     RevisionSource,
     SegmentationRevision,
 )
-from annotator.services import access, audit, cases, live_state, revisions, storage
+from annotator.services import access, audit, cases, live_state, revisions, storage, workflow
 from annotator.services.access import AnyUser
 from annotator.services.errors import Conflict, Forbidden, InvalidInput, NotFound
 
@@ -95,6 +95,7 @@ MAX_ATTEMPTS = 2
 """A job whose worker is lost is retried once; the second loss fails it."""
 
 EDITABLE_STATUSES = (CaseStatus.NEW, CaseStatus.IN_PROGRESS, CaseStatus.CHANGES_REQUESTED)
+"""Statuses in which the case belongs to its annotator (outside them, a refusal is a 409, not a 403)."""
 MAX_CLICKS = 256
 
 
@@ -216,11 +217,12 @@ def check_edited_slices(edited: Any, shape: tuple[int, int, int]) -> dict[int, n
 def check_can_edit(user: AnyUser, case_id: int, label_id: Any | None) -> EditTarget:
     """The case (404 if invisible), edit right (403), editable status (409), label (400), unlocked (409)."""
     case = access.get_visible_case(user, case_id)
-    if not access.can_annotate(user, case):
-        raise Forbidden("You may view this case but not change its segmentation.", code="cannot_edit")
-    if case.status not in EDITABLE_STATUSES:
+    if not workflow.may_edit_labels(user, case):
+        if case.status in EDITABLE_STATUSES:
+            # The case is open for editing, just not by this user (e.g. its reviewer before the review).
+            raise Forbidden("You may view this case but not change its segmentation.", code="cannot_edit")
         raise Conflict(
-            f"The case is {case.get_status_display().lower()}; it cannot be edited until it is reopened.",
+            f"The case is {case.get_status_display().lower()}; you cannot change its segmentation now.",
             code="case_not_editable",
             extra={"status": case.status},
         )
@@ -305,6 +307,7 @@ def _create_job(
             base_revision_id=case.current_revision_id,
         )
         superseded = _supersede_active_jobs(case, target.label.value, by=job)
+        workflow.note_edit_started(user, case)
         audit.record(
             user,
             f"job.{kind}",
@@ -547,6 +550,7 @@ def _save_manual_edit(
     merged = merge_label(base, mask, target.label.value, replace=True, region=region)
     # The user's own edit wins over a propagation of the same label still running on the old base.
     _supersede_active_jobs(case, target.label.value, by=None)
+    workflow.note_edit_started(user, case)
     revision = revisions.create_revision(
         case,
         merged,
