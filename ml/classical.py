@@ -37,7 +37,7 @@ SMOOTHING_PX = 0.8
 MIN_AREA_MM2 = 2.0
 """A propagated slice smaller than this (and than ``MIN_AREA_PX``) counts as empty: the object ended."""
 MIN_AREA_PX = 3
-SPATIAL_PRIOR_INSIDE = 0.7
+SPATIAL_PRIOR_INSIDE = 0.9
 """Prior foreground probability deep inside the previous slice's mask (falls to 1 - this at the band edge)."""
 CLICK_WINDOWS_MM = (8.0, 16.0, 32.0, 64.0)
 """Half-sizes of the windows tried around a lone click, smallest first."""
@@ -176,6 +176,28 @@ class ClassicalPredictor:
 
     name = "classical"
 
+    def __init__(
+        self,
+        *,
+        band_pixels: float = 1.0,
+        band_per_gap: float = 0.8,
+        prior_inside: float = SPATIAL_PRIOR_INSIDE,
+        max_growth: float | None = 0.1,
+    ) -> None:
+        """Propagation knobs (defaults tuned on training cases only).
+
+        Args:
+            band_pixels: smallest band (in pixels) a slice may grow beyond the previous mask.
+            band_per_gap: band width per mm of slice gap (thick slices move more).
+            prior_inside: spatial prior deep inside the previous mask.
+            max_growth: when the area grows by more than this fraction per slice, fall back to a one-pixel
+                band (leaks grow fast; real objects change smoothly); None disables it.
+        """
+        self.band_pixels = band_pixels
+        self.band_per_gap = band_per_gap
+        self.prior_inside = prior_inside
+        self.max_growth = max_growth
+
     # ------------------------------------------------------------------ propagation
 
     def propagate(
@@ -206,8 +228,10 @@ class ClassicalPredictor:
         model = self._fit_from_mask(guide_image, guide_mask, window)
         previous = guide_mask
         for index in range(count):
-            band_mm = max(2.0 * pixel_mm, 0.8 * float(gaps[index]))
-            mask = self._follow(targets[index], previous, model, window, spacing_yx, band_mm)
+            band_mm = max(self.band_pixels * pixel_mm, self.band_per_gap * float(gaps[index]))
+            mask = self._follow(targets[index], previous, model, window, spacing_yx, band_mm, self.prior_inside)
+            if self.max_growth is not None and mask.sum() > (1.0 + self.max_growth) * previous.sum():
+                mask = self._follow(targets[index], previous, model, window, spacing_yx, pixel_mm, self.prior_inside)
             if mask.sum() < MIN_AREA_PX or mask.sum() * spacing_yx[0] * spacing_yx[1] < MIN_AREA_MM2:
                 break
             result[index] = mask
@@ -231,6 +255,7 @@ class ClassicalPredictor:
         window: Window,
         spacing_yx: tuple[float, float],
         band_mm: float,
+        prior_inside: float,
     ) -> np.ndarray:
         """bool ``(Y, X)``: the object on ``target`` given the previous slice's mask."""
         band_px = int(np.ceil(band_mm / min(spacing_yx)))
@@ -240,7 +265,7 @@ class ClassicalPredictor:
         inside_mm = ndimage.distance_transform_edt(prior_mask, sampling=spacing_yx)
         outside_mm = ndimage.distance_transform_edt(~prior_mask, sampling=spacing_yx)
         signed_mm = np.where(prior_mask, inside_mm, -outside_mm)
-        prior = 0.5 + (SPATIAL_PRIOR_INSIDE - 0.5) * np.tanh(signed_mm / band_mm)
+        prior = 0.5 + (prior_inside - 0.5) * np.tanh(signed_mm / band_mm)
         band = outside_mm <= band_mm
         candidate = (model.probability(prepared, prior) >= 0.5) & band
         candidate = _components_touching(_clean(candidate), ndimage.binary_dilation(prior_mask, _EIGHT))
