@@ -111,6 +111,7 @@ class AuditPageSerializer(serializers.Serializer):
 class ExportJobSerializer(serializers.ModelSerializer):
     created_by = UserBriefSerializer(read_only=True)
     download_url = serializers.SerializerMethodField()
+    skipped = serializers.SerializerMethodField()
 
     class Meta:
         model = ExportJob
@@ -129,6 +130,16 @@ class ExportJobSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "download_url",
+            "skipped",
+        ]
+
+    def get_skipped(self, job: ExportJob) -> list[dict[str, Any]]:
+        """Cases the export left out, with the reason (e.g. a DICOM series that cannot carry a SEG)."""
+        rows = job.options.get("result") or []
+        return [
+            {"case_id": row["case_id"], "case_name": row["case_name"], "reason": row["note"]}
+            for row in rows
+            if str(row.get("note", "")).startswith("skipped")
         ]
 
     def get_download_url(self, job: ExportJob) -> str | None:

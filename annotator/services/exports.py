@@ -364,19 +364,26 @@ def _export_folder(
             name = f"{identifier}.dcm"
             source_files = [storage.local_path(n) for n in export_case.source_meta.get("source_files", [])]
             author = revision.author.get_username() if revision.author else None
-            write_dicom_seg(
-                export_case,
-                labels,
-                source_files,
-                folder / name,
-                series_description=f"PropLabel {project.name}"[:64],
-                content_creator_name=author,
-            )
-            row_of(case, revision, name)
-            written += 1
+            try:
+                write_dicom_seg(
+                    export_case,
+                    labels,
+                    source_files,
+                    folder / name,
+                    series_description=f"PropLabel {project.name}"[:64],
+                    content_creator_name=author,
+                )
+            except ExportError as exc:
+                # One series that cannot carry a SEG (e.g. no StudyInstanceUID) must not sink the others;
+                # the manifest and the job say which case was left out and why.
+                row_of(case, revision, note=f"skipped: {exc}")
+            else:
+                row_of(case, revision, name)
+                written += 1
         progress((index + 1) / total)
     if written == 0:
-        raise ExportError("None of the selected cases has labelled voxels to export as DICOM SEG.")
+        reasons = "; ".join(str(row["note"]) for row in rows[:3])
+        raise ExportError(f"None of the selected cases could be exported as DICOM SEG ({reasons}).")
     _write_manifest(folder, rows)
     return folder, rows
 
