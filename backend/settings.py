@@ -224,6 +224,14 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a `status` field with different choices: give each enum a stable name.
+    "ENUM_NAME_OVERRIDES": {
+        "CaseStatusEnum": "annotator.models.CaseStatus",
+        "ImportStatusEnum": "annotator.models.ImportStatus",
+        "JobStatusEnum": "annotator.models.JobStatus",
+        "ExportStatusEnum": "annotator.models.ExportStatus",
+        "RoleEnum": "annotator.models.Role",
+    },
 }
 
 # --- Celery: queues `gpu` (model work) and `io` (import/export) ----------------------------------------------
@@ -242,6 +250,8 @@ else:
         "control_folder": str(CELERY_DATA_DIR / "control"),
         "processed_folder": str(CELERY_DATA_DIR / "processed"),
         "store_processed": False,
+        # kombu polls the folder; the default 1 s would add up to a second before a job starts.
+        "polling_interval": env_float("CELERY_FILESYSTEM_POLL_SECONDS", 0.05),
     }
 # Job rows hold all state; the result store is never used.
 CELERY_RESULT_BACKEND = None
@@ -252,7 +262,7 @@ CELERY_TASK_DEFAULT_QUEUE = "io"
 CELERY_TASK_ROUTES = {
     "annotator.tasks.run_import": {"queue": "io"},
     "annotator.tasks.run_export": {"queue": "io"},
-    "annotator.tasks.run_propagation": {"queue": "gpu"},
+    "annotator.live_tasks.run_propagation": {"queue": "gpu"},
 }
 # Tasks claim their job row with a conditional update, so re-delivery after a lost worker is safe.
 CELERY_TASK_ACKS_LATE = True

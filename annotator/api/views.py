@@ -54,6 +54,8 @@ def _stored_gzip_response(
     else:
         response = FileResponse(storage.local_path(name).open("rb"), content_type="application/octet-stream")
         response["Content-Encoding"] = "gzip"
+        # FileResponse names the download after the storage file; the uuid means nothing to a client.
+        del response["Content-Disposition"]
     response["ETag"] = etag
     response["Cache-Control"] = cache_control
     for key, value in headers.items():
