@@ -12,8 +12,8 @@ Everything is a local two-class intensity model plus shape priors:
   slice whose result is smaller than ``MIN_AREA_MM2`` is empty: the object has ended.
 * Box prompt: foreground model from the centre of the box, background model from a ring outside the box,
   one refit from the first result; the component covering the box centre.
-* Point prompt: the same around the click in growing windows until the component no longer touches the
-  window's edge.
+* Point prompt: rays from the click stop where the intensity leaves the click's distribution; their
+  (outlier-trimmed) extent becomes a box, segmented like a box prompt.
 * Corrections on a prior mask: a positive click adds the foreground-like region grown from it (bounded by
   its distance to the prior); a negative click removes its component when that is a side blob, else the
   background-like part around it, else a disk as wide as the prior is thick there.
@@ -39,8 +39,13 @@ MIN_AREA_MM2 = 2.0
 MIN_AREA_PX = 3
 SPATIAL_PRIOR_INSIDE = 0.9
 """Prior foreground probability deep inside the previous slice's mask (falls to 1 - this at the band edge)."""
-CLICK_WINDOWS_MM = (8.0, 16.0, 32.0, 64.0)
-"""Half-sizes of the windows tried around a lone click, smallest first."""
+CLICK_REACH_MM = 64.0
+"""Longest ray (mm) cast from a lone click."""
+CLICK_RAYS = 16
+CLICK_SEED_PX = 2.5
+"""Radius (pixels) of the disk around a lone click whose intensities define "like the click"."""
+CLICK_TOLERANCE = 3.0
+"""A ray from a lone click stops where the intensity is this many robust standard deviations off the click's."""
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _CROSS = ndimage.generate_binary_structure(2, 1)
@@ -183,6 +188,7 @@ class ClassicalPredictor:
         band_per_gap: float = 0.8,
         prior_inside: float = SPATIAL_PRIOR_INSIDE,
         max_growth: float | None = 0.1,
+        min_evidence: float | None = 0.5,
     ) -> None:
         """Propagation knobs (defaults tuned on training cases only).
 
@@ -192,7 +198,10 @@ class ClassicalPredictor:
             prior_inside: spatial prior deep inside the previous mask.
             max_growth: when the area grows by more than this fraction per slice, fall back to a one-pixel
                 band (leaks grow fast; real objects change smoothly); None disables it.
+            min_evidence: a slice whose mask has a mean intensity-only foreground probability below this
+                counts as empty (the chain is following tissue that merely resembles the object).
         """
+        self.min_evidence = min_evidence
         self.band_pixels = band_pixels
         self.band_per_gap = band_per_gap
         self.prior_inside = prior_inside
@@ -229,9 +238,15 @@ class ClassicalPredictor:
         previous = guide_mask
         for index in range(count):
             band_mm = max(self.band_pixels * pixel_mm, self.band_per_gap * float(gaps[index]))
-            mask = self._follow(targets[index], previous, model, window, spacing_yx, band_mm, self.prior_inside)
+            mask, evidence = self._follow(
+                targets[index], previous, model, window, spacing_yx, band_mm, self.prior_inside
+            )
             if self.max_growth is not None and mask.sum() > (1.0 + self.max_growth) * previous.sum():
-                mask = self._follow(targets[index], previous, model, window, spacing_yx, pixel_mm, self.prior_inside)
+                mask, evidence = self._follow(
+                    targets[index], previous, model, window, spacing_yx, pixel_mm, self.prior_inside
+                )
+            if self.min_evidence is not None and evidence < self.min_evidence:
+                break
             if mask.sum() < MIN_AREA_PX or mask.sum() * spacing_yx[0] * spacing_yx[1] < MIN_AREA_MM2:
                 break
             result[index] = mask
@@ -256,8 +271,12 @@ class ClassicalPredictor:
         spacing_yx: tuple[float, float],
         band_mm: float,
         prior_inside: float,
-    ) -> np.ndarray:
-        """bool ``(Y, X)``: the object on ``target`` given the previous slice's mask."""
+    ) -> tuple[np.ndarray, float]:
+        """bool ``(Y, X)``: the object on ``target`` given the previous slice's mask, and its evidence.
+
+        The evidence is the mean foreground probability of the mask's pixels from intensity alone
+        (no spatial prior); 0 for an empty mask.
+        """
         band_px = int(np.ceil(band_mm / min(spacing_yx)))
         crop = _Crop.around(previous, margin=band_px + 4)
         prior_mask = previous[crop.slices]
@@ -269,7 +288,8 @@ class ClassicalPredictor:
         band = outside_mm <= band_mm
         candidate = (model.probability(prepared, prior) >= 0.5) & band
         candidate = _components_touching(_clean(candidate), ndimage.binary_dilation(prior_mask, _EIGHT))
-        return crop.paste(candidate, previous.shape)
+        evidence = float(model.probability(prepared[candidate]).mean()) if candidate.any() else 0.0
+        return crop.paste(candidate, previous.shape), evidence
 
     # ------------------------------------------------------------------ prompt slice
 
@@ -362,36 +382,60 @@ class ClassicalPredictor:
         return ndimage.binary_fill_holes(components == (int(np.argmax(overlap)) + 1))
 
     def _from_click(self, image: np.ndarray, spacing_yx: tuple[float, float], y: int, x: int) -> np.ndarray:
-        found = np.zeros(image.shape, dtype=bool)
-        for half_mm in CLICK_WINDOWS_MM:
-            half_y = max(round(half_mm / spacing_yx[0]), 4)
-            half_x = max(round(half_mm / spacing_yx[1]), 4)
-            crop = _Crop(
-                max(y - half_y, 0),
-                max(x - half_x, 0),
-                min(y + half_y + 1, image.shape[0]),
-                min(x + half_x + 1, image.shape[1]),
-            )
-            region = image[crop.slices]
-            window = _otsu_free_window(image, crop.slices)
-            prepared = _prepare(region, window)
-            local_y, local_x = y - crop.y0, x - crop.x0
-            seed = _disk(
-                region.shape, local_y, local_x, max(1.5 * min(spacing_yx), min(3.0, half_mm / 3)), spacing_yx
-            )
-            border = np.zeros(region.shape, dtype=bool)
-            border[[0, -1], :] = True
-            border[:, [0, -1]] = True
-            model = IntensityModel.fit(prepared[seed], prepared[border], blur_bins=2.0)
-            mask = self._classify_in(prepared, model, np.ones(region.shape, dtype=bool), seed)
-            if not mask[local_y, local_x]:
-                mask = mask | seed
-                mask = _component_at(mask, local_y, local_x)
-            found = crop.paste(mask, image.shape)
-            touches_edge = bool((mask & border).any())
-            if not touches_edge:
-                break
-        return found
+        """A lone click: estimate the object's box by casting rays, then segment that box like a box prompt.
+
+        Rays leave the click in ``CLICK_RAYS`` directions and stop where the smoothed intensity leaves the
+        click's own distribution; rays much longer than the median (leaks along a similar neighbour) are
+        cut back. Like ProMISe's default ROI, but sized from the image instead of fixed.
+        """
+        reach_mm = CLICK_REACH_MM
+        half_y = max(round(reach_mm / spacing_yx[0]), 4)
+        half_x = max(round(reach_mm / spacing_yx[1]), 4)
+        crop = _Crop(
+            max(y - half_y, 0),
+            max(x - half_x, 0),
+            min(y + half_y + 1, image.shape[0]),
+            min(x + half_x + 1, image.shape[1]),
+        )
+        local_y, local_x = y - crop.y0, x - crop.x0
+        prepared = _prepare(image[crop.slices], _otsu_free_window(image, crop.slices))
+        seed = _disk(prepared.shape, local_y, local_x, CLICK_SEED_PX * min(spacing_yx), spacing_yx)
+        values = prepared[seed]
+        centre = float(np.median(values))
+        spread = max(1.4826 * float(np.median(np.abs(values - centre))), 0.04)
+        lengths_mm = []
+        ends = []
+        for angle in np.linspace(0.0, 2 * np.pi, CLICK_RAYS, endpoint=False):
+            step_y, step_x = np.sin(angle), np.cos(angle)
+            outside_run, last_inside = 0, 0
+            for distance in range(1, 2 * max(half_y, half_x)):
+                ry, rx = round(local_y + distance * step_y), round(local_x + distance * step_x)
+                if not (0 <= ry < prepared.shape[0] and 0 <= rx < prepared.shape[1]):
+                    break
+                if abs(prepared[ry, rx] - centre) > CLICK_TOLERANCE * spread:
+                    outside_run += 1
+                    if outside_run >= 2:
+                        break
+                else:
+                    outside_run, last_inside = 0, distance
+            lengths_mm.append(last_inside * float(np.hypot(step_y * spacing_yx[0], step_x * spacing_yx[1])))
+            ends.append((step_y, step_x, last_inside))
+        cap = 2.0 * max(float(np.median(lengths_mm)), min(spacing_yx))
+        points_y, points_x = [y], [x]
+        for (step_y, step_x, length), length_mm in zip(ends, lengths_mm, strict=True):
+            scale = min(1.0, cap / length_mm) if length_mm > 0 else 0.0
+            points_y.append(round(y + length * scale * step_y))
+            points_x.append(round(x + length * scale * step_x))
+        box = (
+            max(min(points_y) - 1, 0),
+            max(min(points_x) - 1, 0),
+            min(max(points_y) + 1, image.shape[0] - 1),
+            min(max(points_x) + 1, image.shape[1] - 1),
+        )
+        found = self._from_box(image, spacing_yx, box)
+        if not found[y, x]:
+            found = found | _disk(image.shape, y, x, 1.5 * min(spacing_yx), spacing_yx)
+        return _component_at(found, y, x)
 
     # ------------------------------------------------------------------ corrections
 
