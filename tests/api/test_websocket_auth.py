@@ -1,0 +1,56 @@
+"""Scripts without a session cookie open case WebSockets with their API token (query string or header)."""
+
+from __future__ import annotations
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+@pytest.fixture
+def in_memory_layer(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture
+def annotator_case(team, make_case):
+    from rest_framework.authtoken.models import Token
+
+    case = make_case(team.project, assignee=team.annotator)
+    return case, Token.objects.create(user=team.annotator).key
+
+
+async def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    from backend.asgi import application
+
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    await communicator.disconnect()
+    return connected
+
+
+async def test_a_token_in_the_query_string_opens_the_case_socket(in_memory_layer, annotator_case):
+    case, token = annotator_case
+
+    assert await _connects(f"/ws/cases/{case.pk}/?token={token}", [ORIGIN])
+
+
+async def test_a_token_in_the_authorization_header_opens_the_case_socket(in_memory_layer, annotator_case):
+    case, token = annotator_case
+
+    assert await _connects(f"/ws/cases/{case.pk}/", [ORIGIN, (b"authorization", f"Token {token}".encode())])
+
+
+async def test_a_wrong_token_is_refused(in_memory_layer, annotator_case):
+    case, _ = annotator_case
+
+    assert not await _connects(f"/ws/cases/{case.pk}/?token=not-a-token", [ORIGIN])
+
+
+async def test_a_foreign_origin_is_refused_even_with_a_token(in_memory_layer, annotator_case):
+    case, token = annotator_case
+
+    assert not await _connects(f"/ws/cases/{case.pk}/?token={token}", [(b"origin", b"https://evil.example")])
