@@ -151,14 +151,14 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _parse_when(raw: str, what: str, *, end_of_day: bool) -> datetime:
-    value = parse_datetime(raw)
+    # A bare date means the whole day (Django's parse_datetime would read "2026-01-31" as its midnight).
+    try:
+        day = parse_date(raw) if len(raw) == 10 else None
+        value = datetime.combine(day, time.max if end_of_day else time.min) if day else parse_datetime(raw)
+    except ValueError:  # well-formed but impossible, e.g. 2026-02-30
+        value = None
     if value is None:
-        day = parse_date(raw)
-        if day is None:
-            raise InvalidInput(
-                f"{what} must be a date (YYYY-MM-DD) or a date and time.", code="invalid_filter"
-            )
-        value = datetime.combine(day, time.max if end_of_day else time.min)
+        raise InvalidInput(f"{what} must be a date (YYYY-MM-DD) or a date and time.", code="invalid_filter")
     if timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)
     return value
