@@ -196,6 +196,8 @@ PROPLABEL_MAX_ARCHIVE_FILES = env_int("PROPLABEL_MAX_ARCHIVE_FILES", 20000)
 PROPLABEL_MAX_VOXELS = env_int("PROPLABEL_MAX_VOXELS", 1024**3)
 # Browsers may reuse voxels/labels for this long without asking; the ETag makes revalidation cheap.
 PROPLABEL_BINARY_MAX_AGE = env_int("PROPLABEL_BINARY_MAX_AGE", 3600)
+# Decoded volumes kept in memory per process (slice thumbnails, propagation jobs of the same case).
+PROPLABEL_VOXEL_CACHE_BYTES = env_int("PROPLABEL_VOXEL_CACHE_BYTES", 512 * 1024**2)
 PROPLABEL_DEMO_CACHE_DIR = env_path("PROPLABEL_DEMO_CACHE_DIR", VAR_DIR / "demo-cache")
 
 # --- Auth and API -----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files import File
 from django.db import transaction
@@ -215,8 +216,8 @@ def project_users(project: Project) -> QuerySet[Any]:
 
 # --- voxel access -----------------------------------------------------------------------------------------
 
-# Decoding a CT takes ~0.5 s; slice thumbnails of one case come in bursts, so keep the last few arrays.
-_ARRAY_CACHE_SIZE = 2
+# Decoding a CT takes ~0.5 s and slice thumbnails (and propagation jobs) of one case come in bursts, so the
+# most recently used arrays stay in memory, up to PROPLABEL_VOXEL_CACHE_BYTES per process.
 _array_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 _array_cache_lock = threading.Lock()
 
@@ -230,8 +231,10 @@ def read_volume_array(volume: Volume) -> np.ndarray:
             return _array_cache[key]
     array = decode_array(storage.read_bytes(volume.file.name), volume.shape_zyx, volume.dtype)
     array.setflags(write=False)
-    with _array_cache_lock:
-        _array_cache[key] = array
-        while len(_array_cache) > _ARRAY_CACHE_SIZE:
-            _array_cache.popitem(last=False)
+    budget = int(settings.PROPLABEL_VOXEL_CACHE_BYTES)
+    if array.nbytes <= budget:
+        with _array_cache_lock:
+            _array_cache[key] = array
+            while sum(cached.nbytes for cached in _array_cache.values()) > budget:
+                _array_cache.popitem(last=False)
     return array

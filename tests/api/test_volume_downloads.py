@@ -97,3 +97,16 @@ def test_a_bad_slice_request_gets_a_clear_400(case, team, api_client, path, code
 
     assert response.status_code == 400
     assert response.json()["code"] == code
+
+
+def test_decoded_volumes_are_reused_within_the_memory_budget(case, settings):
+    from annotator.services import cases
+
+    settings.PROPLABEL_VOXEL_CACHE_BYTES = 10 * 1024**2
+    first = cases.read_volume_array(case.volume)
+    assert cases.read_volume_array(case.volume) is first
+    assert not first.flags.writeable  # shared between callers: nobody may change it in place
+
+    settings.PROPLABEL_VOXEL_CACHE_BYTES = 0
+    cases._array_cache.clear()
+    assert cases.read_volume_array(case.volume) is not cases.read_volume_array(case.volume)
