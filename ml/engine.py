@@ -154,6 +154,7 @@ class Engine:
         z_max: int | None = None,
         chunk_mm: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        anchor_z: int | None = None,
     ) -> Iterator[PropagationStep]:
         """Stream a refinement: corrected slices first (direction ``"prompt"``), then re-propagated ones.
 
@@ -174,6 +175,7 @@ class Engine:
             z_high=z_high,
             chunk_mm=chunk,
             should_stop=should_stop,
+            anchor_z=None if anchor_z is None else check_slice_index(anchor_z, volume.shape[0], "anchor_z"),
         )
 
     def refine(
@@ -188,6 +190,7 @@ class Engine:
         z_max: int | None = None,
         chunk_mm: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        anchor_z: int | None = None,
     ) -> np.ndarray:
         """Correct ``mask`` with clicks and/or edited slices and re-propagate outward from them.
 
@@ -198,6 +201,8 @@ class Engine:
             clicks: ``Click(z, y, x, positive)``; positive adds missed tissue, negative removes.
             edited: ``{z: bool (Y, X)}`` slices the user redrew (taken as given, then re-propagated from).
             z_min, z_max: inclusive boundary slices for the re-propagation.
+            anchor_z: the original prompt slice, if known. Re-propagation runs away from it (RadSAM);
+                by default away from the largest slice of the corrected object.
 
         Returns:
             bool ``(Z, Y, X)``, a new array (``mask`` is not modified).
@@ -217,6 +222,7 @@ class Engine:
             z_max=z_max,
             chunk_mm=chunk_mm,
             should_stop=watch,
+            anchor_z=anchor_z,
         )
         result = check_mask_3d(mask, np.shape(volume)).copy()
         for step in steps:

@@ -141,7 +141,9 @@ def evaluate_case(
                 result.refine_seconds.append(0.0)
                 continue
             started = time.perf_counter()
-            prediction = engine.refine(loaded.image, loaded.spacing, prediction, clicks=[click])
+            prediction = engine.refine(
+                loaded.image, loaded.spacing, prediction, clicks=[click], anchor_z=prompt.z
+            )
             result.refine_seconds.append(time.perf_counter() - started)
             result.dice_after.append(dice_3d(prediction, obj.mask))
         results.append(result)

@@ -34,7 +34,7 @@ from ml.prompts import BoxPrompt, Click, MaskPrompt, PointPrompt, Prompt
 
 DEFAULT_CHUNK_MM = 20.0
 """PropSAM's propagation thickness: slices per chunk = 20 mm / slice spacing."""
-AGREEMENT_DICE = 0.95
+AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
 PROMPT, UP, DOWN = "prompt", "up", "down"
 
@@ -310,10 +310,14 @@ def refine_steps(
     chunk_mm: float = DEFAULT_CHUNK_MM,
     should_stop: Callable[[], bool] | None = None,
     agreement_dice: float = AGREEMENT_DICE,
+    anchor_z: int | None = None,
 ) -> Iterator[PropagationStep]:
     """RadSAM edit mode: correct the clicked/edited slices, then re-propagate outward from them.
 
-    Each corrected slice with a non-empty mask becomes a guide for both directions. A propagated slice
+    Each corrected slice with a non-empty mask becomes a guide for the direction(s) pointing away from
+    the object's anchor slice: ``anchor_z`` when given (the original prompt slice), else the largest slice
+    of the old object the correction belongs to (``object_anchor_slice``). On the anchor slice itself, or
+    for a new object, both directions are re-propagated. A propagated slice
     replaces the part of the old slice that belongs to this object (old 2D components touching the new
     mask or the previous slice's replaced part); old components elsewhere on the slice (another object
     of the same label) are kept. Removing a structure on a corrected slice (negative click or erasing)
@@ -352,10 +356,35 @@ def refine_steps(
         window = window_from_mask(_slice(volume, z), new_mask)
         upper = corrected_z[index + 1] - 1 if index + 1 < len(corrected_z) else z_high
         lower = corrected_z[index - 1] + 1 if index > 0 else z_low
+        anchor = anchor_z if anchor_z is not None else object_anchor_slice(old_mask, z, new_mask | related)
         for direction, step, last_z in ((UP, +1, min(upper, z_high)), (DOWN, -1, max(lower, z_low))):
+            if anchor is not None and (anchor - z) * step > 0:
+                continue  # towards the prompt: those slices were the better-guided ones; RadSAM leaves them
             chunks = _direction_chunks(predictor, volume, spacing, z, new_mask, window, step, last_z, chunk)
             runs.append((direction, _replace_until_agreement(chunks, old_mask, related, agreement_dice)))
     yield from _interleave(runs, counter, should_stop)
+
+
+def object_anchor_slice(old_mask: np.ndarray, z: int, touching: np.ndarray) -> int | None:
+    """The largest slice of the old 3D object that a correction on slice ``z`` belongs to.
+
+    Args:
+        old_mask: bool ``(Z, Y, X)``.
+        touching: bool ``(Y, X)``, the corrected mask on slice ``z`` plus the old part it replaced.
+
+    Returns:
+        The slice where the 26-connected old components reached from ``touching`` (on slices
+        ``z - 1 .. z + 1``) have their largest area; None when the correction touches no old object.
+    """
+    low, high = max(z - 1, 0), min(z + 2, old_mask.shape[0])
+    reach = ndimage.binary_dilation(touching, structure=_EIGHT_CONNECTED)
+    if not (old_mask[low:high] & reach).any():
+        return None
+    components, _ = ndimage.label(old_mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labels = np.unique(components[low:high][old_mask[low:high] & reach])
+    labels = labels[labels > 0]
+    areas = np.isin(components, labels).sum(axis=(1, 2))
+    return int(np.argmax(areas))
 
 
 def _related_old_part(

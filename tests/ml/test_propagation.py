@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from ml.engine import BoxPrompt, Engine, MaskPrompt, PointPrompt, PropagationCancelled
+from ml.engine import BoxPrompt, Click, Engine, MaskPrompt, PointPrompt, PropagationCancelled
 from ml.predictor import SliceClick, Window
 from ml.propagation import chunk_slices, keep_connected
 
@@ -213,3 +213,42 @@ def test_should_stop_ends_the_stream_promptly_and_segment_raises() -> None:
         engine.segment(
             tagged_volume(200), (1.0, 1.0, 1.0), MaskPrompt(100, truth[100]), should_stop=lambda: True
         )
+
+
+def test_refine_repropagates_away_from_the_anchor_and_stops_where_the_old_mask_agrees() -> None:
+    truth = square_truth(40, 5, 35)
+    old = truth.copy()
+    old[20:31] = np.roll(truth[20:31], 4, axis=2)  # wrong stretch above the click
+    old[8:13] = np.roll(truth[8:13], 4, axis=2)  # wrong stretch on the anchor's other side
+    engine = Engine(OraclePredictor(truth))
+    steps = list(
+        engine.refine_steps(tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(20, 12, 9)], anchor_z=15)
+    )
+    assert [step.z for step in steps] == list(range(20, 31))
+    assert [step.direction for step in steps] == ["prompt"] + ["up"] * 10
+    refined = engine.refine(tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(20, 12, 9)], anchor_z=15)
+    assert np.array_equal(refined[20:], truth[20:])
+    assert np.array_equal(refined[:20], old[:20])
+
+
+def test_refine_without_anchor_walks_away_from_the_objects_largest_slice() -> None:
+    truth = np.zeros((40, 24, 24), dtype=bool)
+    for z in range(5, 36):
+        half = 8 - abs(z - 15) // 3  # largest around z = 15
+        truth[z, 12 - max(half, 1) : 12 + max(half, 1), 12 - max(half, 1) : 12 + max(half, 1)] = True
+    old = truth.copy()
+    old[24:30] = np.roll(truth[24:30], 3, axis=1)
+    old[10:14] = np.roll(truth[10:14], 3, axis=1)
+    refined = Engine(OraclePredictor(truth)).refine(
+        tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(24, 12, 12)]
+    )
+    assert np.array_equal(refined[24:], truth[24:])
+    assert np.array_equal(refined[:24], old[:24])
+
+
+def test_refine_on_an_empty_mask_grows_a_new_object_both_ways() -> None:
+    truth = square_truth(30, 8, 22)
+    refined = Engine(OraclePredictor(truth)).refine(
+        tagged_volume(30), (1.0, 1.0, 1.0), np.zeros_like(truth), clicks=[Click(15, 12, 12)]
+    )
+    assert np.array_equal(refined, truth)
