@@ -18,6 +18,10 @@ Propagation from a prompt on slice ``g``:
    slice's kept mask dilated by one voxel survive. A chain of such overlaps is exactly 26-connectivity to
    the prompt, so the union of the streamed slices is the final 3D result (nothing is taken back later).
 
+Refinement (``refine_steps``, RadSAM edit mode): clicked slices are corrected by the predictor, edited
+slices are taken as given, and each corrected slice is re-propagated away from the object's anchor
+(the prompt slice) until the new slices agree with the old mask again.
+
 Directions: ``"up"`` walks towards increasing ``z``, ``"down"`` towards decreasing ``z``.
 """
 
@@ -314,17 +318,20 @@ def refine_steps(
 ) -> Iterator[PropagationStep]:
     """RadSAM edit mode: correct the clicked/edited slices, then re-propagate outward from them.
 
-    Each corrected slice with a non-empty mask becomes a guide for the direction(s) pointing away from
-    the object's anchor slice: ``anchor_z`` when given (the original prompt slice), else the largest slice
-    of the old object the correction belongs to (``object_anchor_slice``). On the anchor slice itself, or
-    for a new object, both directions are re-propagated. A propagated slice
-    replaces the part of the old slice that belongs to this object (old 2D components touching the new
-    mask or the previous slice's replaced part); old components elsewhere on the slice (another object
-    of the same label) are kept. Removing a structure on a corrected slice (negative click or erasing)
-    therefore also removes it outward, as far as the new propagation reaches. A direction stops when the new slice agrees with the old one
-    (Dice >= ``agreement_dice``; that slice is left as it was), when it comes back empty (the old slices
-    beyond are left untouched: the new propagation never reached them), at the next corrected slice, or at
-    ``z_low``/``z_high``. Slices no direction reaches are never touched.
+    Each corrected slice with a non-empty mask guides the direction(s) pointing away from the object's
+    anchor slice: ``anchor_z`` when given (the original prompt slice), else the largest slice of the old
+    object the correction belongs to (``object_anchor_slice``). On the anchor slice itself, or for a new
+    object, both directions are re-propagated. A corrected slice that ends up empty guides nothing.
+
+    A propagated slice replaces the part of the old slice that belongs to this object (old 2D components
+    touching the new mask or the previous slice's replaced part); old components elsewhere on the slice
+    (another object of the same label) are kept. Removing a structure on a corrected slice (negative
+    click or erasing) therefore also removes it outward, as far as the new propagation reaches.
+
+    A direction stops when the new slice agrees with the old one (Dice >= ``agreement_dice``; that slice
+    is left as it was), when it comes back empty (old slices beyond stay: the new propagation never
+    reached them), at the next corrected slice, or at ``z_low``/``z_high``. Slices no direction reaches
+    are never touched.
 
     Args:
         old_mask: bool ``(Z, Y, X)``, the current mask of the label (validated).
