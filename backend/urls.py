@@ -18,5 +18,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("annotator.api.urls")),
+    path("manage/", include("annotator.views_manage")),  # manager screens (projects, import, assignment...)
     re_path(r"^app(?:/.*)?$", views_pages.app_shell, name="app"),
 ]
