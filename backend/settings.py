@@ -276,7 +276,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --- Channels ---------------------------------------------------------------------------------------------
 if REDIS_URL:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}},
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                # A propagation streams a burst of slice events per case; the default of 100 queued messages
+                # per channel would drop slices for a browser that lags a moment behind.
+                "capacity": env_int("CHANNELS_CAPACITY", 1000),
+                "expiry": env_int("CHANNELS_MESSAGE_EXPIRY_SECONDS", 60),
+            },
+        },
     }
 else:
     # The worker is a separate process: its events reach the web process's consumers through a SQLite file.
@@ -301,10 +310,13 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-}
+# --- Logging, health checks and metrics (backend/logging_config.py, annotator/observability.py) ---------------
+from backend.logging_config import build_logging  # noqa: E402  (settings helpers above, config below)
+
+LOGGING = build_logging(env_str("LOG_FORMAT", "plain"), env_str("LOG_LEVEL", "INFO"))
+# Workers log through the same LOGGING (JSON when asked) instead of Celery's own root-logger set-up.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+PROPLABEL_READYZ_TIMEOUT = env_float("PROPLABEL_READYZ_TIMEOUT", 1.0)
+PROPLABEL_READYZ_WORKER_TIMEOUT = env_float("PROPLABEL_READYZ_WORKER_TIMEOUT", 1.0)
+PROPLABEL_READYZ_WORKER_CACHE_SECONDS = env_float("PROPLABEL_READYZ_WORKER_CACHE_SECONDS", 2.0)
+PROPLABEL_METRICS_TOKEN = env_secret("PROPLABEL_METRICS_TOKEN")
