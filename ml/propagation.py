@@ -242,6 +242,8 @@ def _interleave(
                 active.remove(run)
                 continue
             for z, mask in kept:
+                if should_stop():  # also between slices of a computed chunk: a cancel shows at once
+                    return
                 yield counter.step(z, mask, direction)
 
 
