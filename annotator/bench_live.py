@@ -120,7 +120,7 @@ def run_worker(name: str, slice_delay: float) -> None:
         _slow_down_engine(slice_delay)
     options = dict(app.conf.broker_transport_options or {})
     options["polling_interval"] = BROKER_POLLING_INTERVAL
-    app.conf.broker_transport_options = options
+    _set_transport_options(app, options)
     app.worker_main(
         [
             "worker",
@@ -165,6 +165,12 @@ def _slow_down_engine(delay: float) -> None:
     propagation.get_engine = slow_get_engine  # type: ignore[assignment]
 
 
+def _set_transport_options(app: Any, options: dict[str, Any]) -> None:
+    # The app reads Django settings with the CELERY_ namespace: that spelling wins over the plain one.
+    app.conf.broker_transport_options = options
+    app.conf.CELERY_BROKER_TRANSPORT_OPTIONS = options
+
+
 def use_broker_folder(var_dir: Path) -> None:
     """Point this process's Celery producer at the embedded broker folders under ``var_dir``."""
     from backend.celery import app
@@ -181,8 +187,7 @@ def use_broker_folder(var_dir: Path) -> None:
     )
     for key in ("data_folder_in", "control_folder", "processed_folder"):
         Path(options[key]).mkdir(parents=True, exist_ok=True)
-    app.conf.broker_url = "filesystem://"
-    app.conf.broker_transport_options = options
+    _set_transport_options(app, options)
     # Connections made with the old options must not be reused.
     app._pool = None
     app.amqp._producer_pool = None
