@@ -359,18 +359,34 @@ def refine_steps(
     runs: list[tuple[str, Iterator[list[tuple[int, np.ndarray]]]]] = []
     for index, z in enumerate(corrected_z):
         new_mask = corrected[z]
-        if not new_mask.any():
-            continue
         related = _related_old_part(old_mask[z], new_mask, clicked_points.get(z, []))
-        window = window_from_mask(_slice(volume, z), new_mask)
+        if not new_mask.any() and not related.any():
+            continue
         upper = corrected_z[index + 1] - 1 if index + 1 < len(corrected_z) else z_high
         lower = corrected_z[index - 1] + 1 if index > 0 else z_low
         anchor = anchor_z if anchor_z is not None else object_anchor_slice(old_mask, z, new_mask | related)
+        if not new_mask.any() and (anchor is None or anchor == z):
+            continue  # an emptied slice with no known prompt side: which side ended is unknowable
         for direction, step, last_z in ((UP, +1, min(upper, z_high)), (DOWN, -1, max(lower, z_low))):
             if anchor is not None and (anchor - z) * step > 0:
                 continue  # towards the prompt: those slices were the better-guided ones; RadSAM leaves them
-            chunks = _direction_chunks(predictor, volume, spacing, z, new_mask, window, step, last_z, chunk)
-            runs.append((direction, _replace_until_agreement(chunks, old_mask, related, agreement_dice)))
+            chunks: Iterator[list[tuple[int, np.ndarray]]] = iter(())
+            if new_mask.any():
+                window = window_from_mask(_slice(volume, z), new_mask)
+                chunks = _direction_chunks(
+                    predictor, volume, spacing, z, new_mask, window, step, last_z, chunk
+                )
+            replaced = _replace_until_agreement(
+                chunks,
+                old_mask,
+                related,
+                agreement_dice,
+                guide_z=z,
+                step=step,
+                last_z=last_z,
+                clear_beyond_end=anchor is not None,
+            )
+            runs.append((direction, replaced))
     yield from _interleave(runs, counter, should_stop)
 
 
@@ -416,12 +432,25 @@ def _replace_until_agreement(
     old_mask: np.ndarray,
     related_at_guide: np.ndarray,
     agreement_dice: float,
+    *,
+    guide_z: int,
+    step: int,
+    last_z: int,
+    clear_beyond_end: bool,
 ) -> Iterator[list[tuple[int, np.ndarray]]]:
-    """Turn new propagated masks into full new slice contents; end once a slice agrees with the old mask."""
+    """Turn new propagated masks into full new slice contents; end once a slice agrees with the old mask.
+
+    When the new propagation ends before ``last_z`` without agreeing (it found the object's end) and
+    ``clear_beyond_end`` is set, the old object's continuation beyond that end is cleared slice by slice
+    (the 2D components chained to the last replaced part) until nothing of it is left: the correction
+    says the object stops there.
+    """
     previous_related = related_at_guide
+    reached_z = guide_z
     for kept in chunks:
         written: list[tuple[int, np.ndarray]] = []
         for z, new_mask in kept:
+            reached_z = z
             old_slice = old_mask[z]
             related = _components_touching(old_slice, _dilate(new_mask) | _dilate(previous_related))
             if dice(new_mask, related) >= agreement_dice:
@@ -430,3 +459,13 @@ def _replace_until_agreement(
             written.append((z, new_mask | (old_slice & ~related)))
             previous_related = related
         yield written
+    if not clear_beyond_end:
+        return
+    cleared: list[tuple[int, np.ndarray]] = []
+    for z in range(reached_z + step, last_z + step, step):
+        related = _components_touching(old_mask[z], _dilate(previous_related))
+        if not related.any():
+            break
+        cleared.append((z, old_mask[z] & ~related))
+        previous_related = related
+    yield cleared

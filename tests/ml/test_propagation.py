@@ -252,3 +252,15 @@ def test_refine_on_an_empty_mask_grows_a_new_object_both_ways() -> None:
         tagged_volume(30), (1.0, 1.0, 1.0), np.zeros_like(truth), clicks=[Click(15, 12, 12)]
     )
     assert np.array_equal(refined, truth)
+
+
+def test_emptying_a_slice_past_the_objects_end_clears_the_run_on_beyond_it() -> None:
+    truth = square_truth(40, 5, 25)
+    old = square_truth(40, 5, 31)  # ran on six slices too far
+    old[0:3, 0:4, 0:4] = True  # an unrelated blob far away stays
+    engine = Engine(OraclePredictor(truth))
+    refined = engine.refine(
+        tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(28, 12, 12, positive=False)], anchor_z=15
+    )
+    assert not refined[28:].any()
+    assert np.array_equal(refined[:28], old[:28])
