@@ -185,22 +185,18 @@ def transition(
         raise InvalidInput(
             f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}.", code="bad_action"
         )
-    relations = relations_to(actor, case)
-    if not relations & set(spec.relations):
-        who = {
-            ASSIGNEE: "the case's annotator",
-            REVIEWER: "the case's reviewer",
-            MANAGER: "a project manager",
-        }
-        raise Forbidden(
-            f"Only {' or '.join(who[r] for r in spec.relations)} may {action.replace('_', ' ')} this case.",
-            code="transition_forbidden",
-        )
-    text = _check_comment_text(comment, required=spec.comment_required)
-    z = _check_slice(case, slice_z)
-
+    who = {ASSIGNEE: "the case's annotator", REVIEWER: "the case's reviewer", MANAGER: "a project manager"}
     with transaction.atomic():
+        # Everything is decided on the row as it is under the lock: a reassignment or another transition that
+        # committed a moment ago counts, not the caller's possibly stale copy.
         current = Case.objects.select_for_update().select_related("project").get(pk=case.pk)
+        if not relations_to(actor, current) & set(spec.relations):
+            raise Forbidden(
+                f"Only {' or '.join(who[r] for r in spec.relations)} may {action.replace('_', ' ')} this case.",
+                code="transition_forbidden",
+            )
+        text = _check_comment_text(comment, required=spec.comment_required)
+        z = _check_slice(case, slice_z)
         if current.status not in spec.sources:
             raise Conflict(
                 f"The case is {current.get_status_display().lower()}; "

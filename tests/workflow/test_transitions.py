@@ -257,3 +257,18 @@ def test_first_edit_by_the_assignee_starts_the_case_but_not_an_edit_by_others(te
     workflow.note_edit_started(team.annotator, case)  # no-op the second time
     case.refresh_from_db()
     assert case.started_at == started and case.status == CaseStatus.IN_PROGRESS
+
+
+def test_an_annotator_taken_off_the_case_can_no_longer_submit_it(team, make_case):
+    from annotator.services import workflow
+    from annotator.services.errors import Forbidden
+
+    case = make_case(team.project, assignee=team.annotator, reviewer=team.reviewer)
+    workflow.transition(team.annotator, case, "start")
+    stale_copy = Case.objects.get(pk=case.pk)
+    workflow.bulk_assign(team.manager, team.project, [case.pk], assignee=team.manager.pk)
+
+    with pytest.raises(Forbidden):
+        workflow.transition(team.annotator, stale_copy, "submit")
+    case.refresh_from_db()
+    assert case.status == CaseStatus.IN_PROGRESS
