@@ -176,6 +176,51 @@ def _disk(
     return ((yy - y) * spacing_yx[0]) ** 2 + ((xx - x) * spacing_yx[1]) ** 2 <= radius_mm**2
 
 
+def _sides_touched(mask: np.ndarray, box: tuple[int, int, int, int], tolerance: int = 1) -> int:
+    """How many sides of the inclusive ``box`` the mask reaches (within ``tolerance`` pixels)."""
+    if not mask.any():
+        return 0
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, x0, y1, x1 = box
+    return (
+        int(rows[0] <= y0 + tolerance)
+        + int(rows[-1] >= y1 - tolerance)
+        + int(cols[0] <= x0 + tolerance)
+        + int(cols[-1] >= x1 - tolerance)
+    )
+
+
+def _otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (64 bins)."""
+    counts, edges = np.histogram(values, bins=64, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def _best_side_touching_component(
+    prepared: np.ndarray, in_box: np.ndarray, box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Among the components of both Otsu classes inside the box, the one touching most sides (then largest)."""
+    threshold = _otsu_threshold(prepared[in_box])
+    best, best_score = np.zeros_like(in_box), (0, 0)
+    for side in (prepared > threshold, prepared <= threshold):
+        candidate = _clean(side & in_box) & in_box
+        components, count = ndimage.label(candidate, _EIGHT)
+        for label in range(1, count + 1):
+            component = components == label
+            score = (_sides_touched(component, box), int(component.sum()))
+            if score > best_score:
+                best, best_score = component, score
+    return ndimage.binary_fill_holes(best)
+
+
 class ClassicalPredictor:
     """``SlicePredictor`` without weights (see the module docstring); deterministic and thread-safe."""
 
@@ -362,6 +407,13 @@ class ClassicalPredictor:
                 second = self._classify_in(prepared, refit, in_box, centre)
                 if second.sum() >= 0.25 * mask.sum():
                     mask = second
+        local_box = (y0 - crop.y0, x0 - crop.x0, y1 - crop.y0, x1 - crop.x0)
+        if _sides_touched(mask, local_box) < 3:
+            # A tight box touches its object on all four sides; a crescent or an L-shape misses the box
+            # centre, so the centre-seeded model found something else. Try the two intensity classes.
+            alternative = _best_side_touching_component(prepared, in_box, local_box)
+            if _sides_touched(alternative, local_box) > _sides_touched(mask, local_box):
+                mask = alternative
         if not mask.any():  # nothing separable: the box's inscribed ellipse is the honest best guess
             mask = centre | (
                 in_box & ndimage.binary_dilation(centre, _EIGHT, iterations=max(1, min(height, width) // 4))
