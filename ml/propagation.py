@@ -11,6 +11,9 @@ Propagation from a prompt on slice ``g``:
 3. Each direction advances in chunks of ``Z = max(1, round(chunk_mm / sz))`` slices (about 20 mm, so the
    number of autoregressive steps does not depend on slice thickness); the guide of the next chunk is the
    outermost slice predicted in the previous one. Directions alternate chunk by chunk so both grow on screen.
+   A chunk is cut short at the first slice whose mask nears the edge of the crop a predictor takes around
+   the guide (1.5x its box): the object is growing past it, so that slice becomes the next guide and the
+   rest of the chunk is predicted again around it.
 4. A direction stops at the first slice whose prediction is empty (no probability >= 0.5), at the boundary
    slices ``z_low``/``z_high``, or at the volume edge.
 5. PropSAM keeps only the 3D components that touch the prompt. Because slices are streamed before the end,
@@ -40,6 +43,10 @@ DEFAULT_CHUNK_MM = 20.0
 """PropSAM's propagation thickness: slices per chunk = 20 mm / slice spacing."""
 AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
+CROP_REACH_SCALE = 1.5
+"""PropSAM's crop: 1.5 x the guide's box (``ml.config.CROP_SCALE`` for the learned predictor)."""
+CROP_REACH_FRACTION = 0.9
+"""A chunk is cut short at the first slice reaching the outer 10 % of the guide's crop (see ``_outgrows``)."""
 PROMPT, UP, DOWN = "prompt", "up", "down"
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -158,6 +165,7 @@ def _direction_chunks(
         )
         kept: list[tuple[int, np.ndarray]] = []
         previous = guide_mask
+        reach = _crop_reach(guide_mask)
         for z, probability in zip(targets_z, probabilities, strict=True):
             mask = keep_connected(np.asarray(probability) >= 0.5, previous)
             if not mask.any():
@@ -165,8 +173,36 @@ def _direction_chunks(
                 return
             kept.append((z, mask))
             previous = mask
+            if _outgrows(mask, reach):
+                break  # later slices of this chunk were cut by the guide's crop: re-guide from here
         yield kept
         guide_z, guide_mask = kept[-1]
+
+
+def _crop_reach(guide_mask: np.ndarray) -> tuple[float, float, float]:
+    """``(centre_y, centre_x, half_side)`` of the square a predictor sees around this guide, shrunk a little.
+
+    PropSAM crops ``CROP_REACH_SCALE`` x the guide box; a slice whose mask comes within
+    ``1 - CROP_REACH_FRACTION`` of that edge may already be truncated by it.
+    """
+    rows = np.flatnonzero(guide_mask.any(axis=1))
+    cols = np.flatnonzero(guide_mask.any(axis=0))
+    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    half = CROP_REACH_FRACTION * CROP_REACH_SCALE * side / 2
+    return (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2, max(half, 2.0)
+
+
+def _outgrows(mask: np.ndarray, reach: tuple[float, float, float]) -> bool:
+    """Whether the mask's box leaves the square ``reach`` (see ``_crop_reach``)."""
+    centre_y, centre_x, half = reach
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return bool(
+        rows[0] < centre_y - half
+        or rows[-1] + 1 > centre_y + half
+        or cols[0] < centre_x - half
+        or cols[-1] + 1 > centre_x + half
+    )
 
 
 def _never_stop() -> bool:

@@ -264,3 +264,42 @@ def test_emptying_a_slice_past_the_objects_end_clears_the_run_on_beyond_it() -> 
     )
     assert not refined[28:].any()
     assert np.array_equal(refined[:28], old[:28])
+
+
+class CroppingOracle(OraclePredictor):
+    """The oracle, blind outside a 1.5x square crop around the guide's box like PropSAM (tests the loop only)."""
+
+    def propagate(self, guide_image, guide_mask, targets, window, spacing_yx, *, guide_distances=None):
+        probabilities = super().propagate(guide_image, guide_mask, targets, window, spacing_yx)
+        rows = np.flatnonzero(guide_mask.any(axis=1))
+        cols = np.flatnonzero(guide_mask.any(axis=0))
+        half = 1.5 * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / 2
+        centre_y, centre_x = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+        visible = np.zeros(guide_mask.shape, dtype=bool)
+        visible[
+            max(int(centre_y - half), 0) : int(np.ceil(centre_y + half)),
+            max(int(centre_x - half), 0) : int(np.ceil(centre_x + half)),
+        ] = True
+        return probabilities * visible
+
+
+def cone_truth(depth: int = 40, size: int = 80) -> np.ndarray:
+    """A cone along z: radius 2 px at z = 0 growing 0.9 px per slice."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    truth = np.zeros((depth, size, size), dtype=bool)
+    for z in range(depth):
+        truth[z] = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (2 + 0.9 * z) ** 2
+    return truth
+
+
+def test_an_object_growing_past_the_crop_is_followed_by_re_guiding_early(monkeypatch) -> None:
+    truth = cone_truth()
+    volume = tagged_volume(40, 80)
+    grown = Engine(CroppingOracle(truth)).segment(volume, (1.0, 1.0, 1.0), MaskPrompt(3, truth[3]))
+    assert np.array_equal(grown, truth)
+
+    import ml.propagation
+
+    monkeypatch.setattr(ml.propagation, "CROP_REACH_FRACTION", 100.0)  # never re-guide early
+    truncated = Engine(CroppingOracle(truth)).segment(volume, (1.0, 1.0, 1.0), MaskPrompt(3, truth[3]))
+    assert truncated.sum() < 0.9 * truth.sum()
