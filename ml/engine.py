@@ -12,8 +12,12 @@ mask = engine.refine(volume, spacing, mask, clicks=[Click(z, y, x, positive=True
 ``volume`` is the raw intensity array ``(Z, Y, X)`` (HU for CT, any scale for MR); ``spacing`` is
 ``(sz, sy, sx)`` in mm. Every input problem raises ``ValueError`` naming it, before any model work.
 Optional keyword arguments: ``z_min``/``z_max`` (inclusive boundary slices), ``chunk_mm`` (propagation
-chunk, default 20 mm) and ``should_stop`` (a callable polled between predictor calls; the generators
-then end early and ``segment``/``refine`` raise ``PropagationCancelled``).
+chunk, default 20 mm), ``should_stop`` (a callable polled between predictor calls and between streamed
+slices; the generators then end early and ``segment``/``refine`` raise ``PropagationCancelled``) and, for
+refinement, ``anchor_z`` (the original prompt slice: re-propagation runs away from it).
+
+``engine.refine_steps(...)`` streams a refinement like ``propagate`` streams a propagation: corrected
+slices first (``direction == "prompt"``), then each re-propagated slice with its full new content.
 
 An ``Engine`` holds its predictor (networks loaded once); calls keep no state between them, so one engine
 serves any number of requests (one at a time per thread).
