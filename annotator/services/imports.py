@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -315,17 +314,38 @@ def _work_root() -> str:
     return str(root)
 
 
+class _PathScrubber:
+    """Removes server folders from messages: users see file names, never where the server keeps them."""
+
+    def __init__(self, *roots: Path) -> None:
+        # Longest first, so a folder inside another is replaced before its parent.
+        self.roots = sorted({str(root) for root in roots}, key=len, reverse=True)
+
+    def __call__(self, message: str) -> str:
+        for root in self.roots:
+            message = message.replace(root + "/", "").replace(root, "")
+        return message
+
+    def file_error(self, error: Any) -> dict[str, str]:
+        return {"name": self(error.name), "message": self(error.message), "code": error.code}
+
+
 def _import(job: ImportJob, work_dir: Path) -> None:
     progress = _ProgressWriter(job.pk)
     image_paths, label_path = _upload_paths(job)
+    scrub = _PathScrubber(
+        *(path.parent for path in image_paths), storage.local_path(job.upload_dir), work_dir
+    )
     try:
         result = read_upload(
             image_paths, work_dir, import_limits(), progress=progress.scaled(0.0, _READ_SHARE)
         )
     except VolumeImportError as exc:
-        _finish(job, ImportStatus.FAILED, error=exc.message, error_code=exc.code)
+        # Per-file reasons, when the imaging layer attaches them to the exception.
+        details = [scrub.file_error(error) for error in getattr(exc, "file_errors", None) or []]
+        _finish(job, ImportStatus.FAILED, error=scrub(exc.message), error_code=exc.code, file_errors=details)
         return
-    file_errors = [asdict(error) for error in result.errors]
+    file_errors = [scrub.file_error(error) for error in result.errors]
     if label_path is not None and len(result.volumes) != 1:
         _finish(
             job,
@@ -345,7 +365,7 @@ def _import(job: ImportJob, work_dir: Path) -> None:
                 job.project, loaded, actor=job.created_by, import_job=job, label=label
             )
         except VolumeImportError as exc:
-            file_errors.append({"name": loaded.name, "message": exc.message, "code": exc.code})
+            file_errors.append({"name": loaded.name, "message": scrub(exc.message), "code": exc.code})
         else:
             created.append(case)
             warnings.extend(f"{loaded.name}: {warning}" for warning in loaded.warnings)

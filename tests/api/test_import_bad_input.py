@@ -268,3 +268,16 @@ def test_a_corrupt_file_next_to_a_good_series_does_not_leave_half_a_case(
     files = stored_files()
     assert [name for name in files if name.startswith("volumes/")] != []
     assert [name for name in files if name.startswith("uploads/")] == []
+
+
+def test_failure_messages_name_files_not_server_folders(
+    team, api_client, django_capture_on_commit_callbacks, settings
+):
+    client = api_client(team.manager)
+    files = [as_upload("a.nii.gz", b"\x1f\x8b broken"), as_upload("b.nii", b"\x5c\x01" + b"\x00" * 400)]
+
+    job = _failed_import(client, team.project, files, django_capture_on_commit_callbacks)
+
+    texts = [job["error"], *(error["message"] for error in job["file_errors"])]
+    assert not any(str(settings.MEDIA_ROOT) in text or "/uploads/" in text for text in texts), job
+    assert "a.nii.gz" in job["error"] or "b.nii" in job["error"]
