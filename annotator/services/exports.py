@@ -278,6 +278,13 @@ def _channel_name(job: ExportJob, queryset: QuerySet[Case]) -> str:
     return "image"
 
 
+def _person_name(user: Any) -> str | None:
+    """A DICOM PN ("Family^Given") from the user's real name; a bare username is not a person name."""
+    if user is None or not (user.last_name or user.first_name):
+        return None
+    return f"{user.last_name}^{user.first_name}"
+
+
 def _unique(identifier: str, used: set[str]) -> str:
     candidate, suffix = identifier, 2
     while candidate.lower() in used:
@@ -363,7 +370,7 @@ def _export_folder(
         else:
             name = f"{identifier}.dcm"
             source_files = [storage.local_path(n) for n in export_case.source_meta.get("source_files", [])]
-            author = revision.author.get_username() if revision.author else None
+            author = _person_name(revision.author)
             try:
                 write_dicom_seg(
                     export_case,
