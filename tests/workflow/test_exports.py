@@ -281,3 +281,13 @@ def test_nnunet_export_of_imported_hippocampus_cases_equals_the_source_files(
         np.testing.assert_allclose(label.affine, source_label.affine, atol=1e-5)
         np.testing.assert_array_equal(np.asarray(image.dataobj), np.asarray(source_image.dataobj))
         np.testing.assert_allclose(image.affine, source_image.affine, atol=1e-5)
+
+
+def test_an_export_can_be_limited_to_chosen_cases(team, make_case, tmp_path):
+    chosen = _approved_case(make_case, team, "chosen", seed=1)
+    _approved_case(make_case, team, "left out", seed=2)
+    job = exports.create_export_job(team.manager, team.project, "nifti", case_ids=[chosen.pk], enqueue=False)
+    exports.run_export_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.case_count == 1
+    assert [row["case_name"] for row in job.options["result"]] == ["chosen"]
