@@ -59,14 +59,9 @@ class CaseConsumer(AsyncJsonWebsocketConsumer):
         if self.group_name is not None:
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
 
-    async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        # Push only: changes go through the REST API, where validation and permissions live.
-        return
-
-    async def receive(
-        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
-    ) -> None:
-        # Ignore junk instead of closing on undecodable JSON.
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        # Push only: every change goes through the REST API, where validation and permissions live.
+        # Frames from the browser (or junk) are ignored rather than parsed.
         return
 
     async def case_event(self, message: dict[str, Any]) -> None:

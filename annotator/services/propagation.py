@@ -645,7 +645,8 @@ _engine: LoadedEngine | None = None
 def get_engine() -> LoadedEngine:
     """The engine of this worker process, loaded once and kept warm.
 
-    ``PROPLABEL_ENGINE`` picks it (default ``learned``). Only when the learned weights are missing does it
+    ``PROPLABEL_ENGINE`` picks it (default ``learned``, from ``PROPLABEL_WEIGHTS_DIR`` if set, else the shipped
+    ``ml/weights``). Only when the learned weights are missing does it
     fall back to ``classical``, loudly, and the job records that it ran the fallback.
     """
     global _engine
@@ -656,8 +657,15 @@ def get_engine() -> LoadedEngine:
             wanted = str(
                 getattr(settings, "PROPLABEL_ENGINE", None) or os.environ.get("PROPLABEL_ENGINE", "learned")
             )
+            # PROPLABEL_WEIGHTS_DIR points a deployment at mounted weights (default: the shipped ml/weights).
+            weights_dir = getattr(settings, "PROPLABEL_WEIGHTS_DIR", None) or os.environ.get(
+                "PROPLABEL_WEIGHTS_DIR"
+            )
             try:
-                _engine = LoadedEngine(load_engine(wanted), wanted, "")
+                if wanted == "learned" and weights_dir:
+                    _engine = LoadedEngine(load_engine(wanted, weights_dir=weights_dir), wanted, "")
+                else:
+                    _engine = LoadedEngine(load_engine(wanted), wanted, "")
             except FileNotFoundError as exc:
                 if wanted != "learned":
                     raise

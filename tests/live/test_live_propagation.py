@@ -201,9 +201,12 @@ async def test_anonymous_and_other_project_sockets_are_refused(
     unassigned = await sync_to_async(make_case)(team.project, name="not mine")
     _, connected, _ = await ws_connect(team.annotator, unassigned.pk)
     assert not connected
-    # The project's manager may watch.
+    # The project's manager may watch; what the browser sends is ignored (push only).
     ws, connected, state = await ws_connect(team.manager, object_case.pk)
     assert connected and state["type"] == "state"
+    await ws.send_to(text_data="not json {")
+    await ws.send_json_to({"type": "propagate", "prompt": BOX})
+    assert await ws.receive_nothing(timeout=0.3)
     await ws.disconnect()
 
 
