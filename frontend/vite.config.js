@@ -15,7 +15,6 @@ export default defineConfig({
     },
   },
   worker: { format: 'es' },
-  optimizeDeps: { include: ['events'] },
   test: {
     include: ['src/**/*.test.js', 'test/**/*.test.js'],
     environment: 'node',

@@ -129,9 +129,10 @@ if __name__ == "__main__":
     chosen = int(sys.argv[1]) if len(sys.argv) > 1 else None
     running = start_embedded_server(port=chosen)
     print(f"PropLabel at {running.base_url}/app/  (annotator / {DEMO_PASSWORD}); var {running.var_dir}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below on kill <pid> too
     try:
         signal.pause()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         running.stop()
