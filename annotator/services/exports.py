@@ -6,9 +6,10 @@ ExportJob and enqueues ``annotator.tasks.run_export`` on the ``io`` queue after 
 ``annotator.exporting.ExportCase`` values for the pure writers, reports progress on the row, and streams the
 ZIP to a file in media storage. A failure leaves no ZIP and no work folder behind, and the job says why.
 
-Which labels are exported: the case's current revision. Approved cases cannot be edited (the workflow and
-propagation services refuse it), so for approved cases that is the approved revision; the revision used
-is recorded per case in ``ExportJob.options["result"]``.
+Which labels are exported: for an approved case the revision its latest approval approved (the workflow
+records it on the ``case.approved`` audit event), even if a late propagation result landed afterwards; for
+cases included from other statuses their current revision. The revision used is recorded per case in
+``ExportJob.options["result"]`` and in the ZIP's ``manifest.csv`` (NIfTI / DICOM SEG).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from annotator.exporting import (
 )
 from annotator.exporting.types import validate_label_specs
 from annotator.models import (
+    AuditEvent,
     Case,
     CaseStatus,
     ExportFormat,
@@ -241,20 +243,33 @@ def _claim(job_id: int) -> bool:
     )
 
 
-def _load_case(case: Case) -> tuple[ExportCase, SegmentationRevision | None]:
-    """The case as an ExportCase on its canonical grid, with the revision whose labels it carries."""
+def approved_revision_ids(case_ids: list[int]) -> dict[int, int | None]:
+    """Case id -> the revision its latest approval approved (recorded by the workflow in the audit event).
+
+    Approved cases cannot be edited, but a propagation job that started before the submission may still land
+    a revision afterwards; the export must carry what the reviewer saw, not that late arrival.
+    """
+    approved: dict[int, int | None] = {}
+    events = AuditEvent.objects.filter(verb="case.approved", case_id__in=case_ids).order_by("id")
+    for case_id, data in events.values_list("case_id", "data"):
+        approved[case_id] = (data or {}).get("revision")
+    return approved
+
+
+def _load_case(case: Case, revision_id: int | None) -> tuple[ExportCase, SegmentationRevision | None]:
+    """The case as an ExportCase on its canonical grid, labelled by revision ``revision_id`` (None: empty)."""
     volume = case.volume
     revision = None
     try:
         image = cases.read_volume_array(volume)
-        if case.current_revision_id is None:
+        if revision_id is None:
             label = np.zeros(volume.shape_zyx, dtype=np.uint8)
         else:
             revision = SegmentationRevision.objects.select_related("case__volume").get(
-                pk=case.current_revision_id
+                pk=revision_id, case=case
             )
             label = revisions.read_label_volume(revision)
-    except OSError as exc:
+    except (OSError, SegmentationRevision.DoesNotExist) as exc:
         raise ExportError(f"Case {case.name!r}: its stored image or labels could not be read.") from exc
     export_case = ExportCase(
         case_id=case.name or f"case{case.pk}",
@@ -315,6 +330,21 @@ def _export_folder(
         raise ExportError("None of the selected cases can be exported any more (status changed?).")
     total = len(case_list)
     rows: list[dict[str, Any]] = []
+    approved = approved_revision_ids([case.pk for case in case_list])
+
+    def chosen_revision(case: Case) -> tuple[int | None, str]:
+        """The revision to export and, when it is not the current one, a note saying so."""
+        if case.status == CaseStatus.APPROVED and approved.get(case.pk) is not None:
+            revision_id = approved[case.pk]
+            if revision_id != case.current_revision_id:
+                return revision_id, "the approved revision; a newer one exists"
+            return revision_id, ""
+        return case.current_revision_id, "" if case.current_revision_id else "no revision: background only"
+
+    def load(case: Case) -> tuple[ExportCase, SegmentationRevision | None, str]:
+        revision_id, note = chosen_revision(case)
+        export_case, revision = _load_case(case, revision_id)
+        return export_case, revision, note
 
     def row_of(case: Case, revision: SegmentationRevision | None, file: str = "", note: str = "") -> None:
         rows.append(
@@ -333,8 +363,8 @@ def _export_folder(
 
         def lazily() -> Iterator[ExportCase]:
             for case in case_list:
-                export_case, revision = _load_case(case)
-                row_of(case, revision, note="" if revision else "no revision: background only")
+                export_case, revision, note = load(case)
+                row_of(case, revision, note=note)
                 yield export_case
 
         dataset_dir = write_nnunet_dataset(
@@ -357,12 +387,12 @@ def _export_folder(
     used: set[str] = set()
     written = 0
     for index, case in enumerate(case_list):
-        export_case, revision = _load_case(case)
+        export_case, revision, note = load(case)
         identifier = _unique(sanitize_identifier(export_case.case_id), used)
         if job.format == ExportFormat.NIFTI:
             name = f"{identifier}.nii.gz"
             write_case_label_nifti(export_case, folder / name, labels)
-            row_of(case, revision, name)
+            row_of(case, revision, name, note)
             written += 1
         elif revision is None or not np.any(export_case.label):
             # A SEG needs at least one segment; an empty label map is listed, not failed.
@@ -385,7 +415,7 @@ def _export_folder(
                 # the manifest and the job say which case was left out and why.
                 row_of(case, revision, note=f"skipped: {exc}")
             else:
-                row_of(case, revision, name)
+                row_of(case, revision, name, note)
                 written += 1
         progress((index + 1) / total)
     if written == 0:

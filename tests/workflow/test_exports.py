@@ -291,3 +291,38 @@ def test_an_export_can_be_limited_to_chosen_cases(team, make_case, tmp_path):
     job.refresh_from_db()
     assert job.status == "succeeded" and job.case_count == 1
     assert [row["case_name"] for row in job.options["result"]] == ["chosen"]
+
+
+def test_an_approved_case_exports_the_revision_the_reviewer_approved(team, make_case, tmp_path):
+    """A propagation result that lands after the approval must not slip into the training data."""
+    from annotator.models import RevisionSource
+    from annotator.services import workflow
+
+    case = make_case(team.project, name="late", label=_label((6, 20, 24), 1), assignee=team.annotator)
+    Case.objects.filter(pk=case.pk).update(reviewer=team.reviewer)
+    case.refresh_from_db()
+    for actor, action in [
+        (team.annotator, "start"),
+        (team.annotator, "submit"),
+        (team.reviewer, "start_review"),
+        (team.reviewer, "approve"),
+    ]:
+        workflow.transition(actor, case, action)
+    approved_labels = _revision_labels(case)
+    case.refresh_from_db()
+    revisions.create_revision(
+        case, np.zeros((6, 20, 24), np.uint8), author=None, source=RevisionSource.PROPAGATION
+    )
+
+    job = exports.create_export_job(team.manager, team.project, "nifti", enqueue=False)
+    exports.run_export_job(job.pk)
+
+    job.refresh_from_db()
+    (row,) = job.options["result"]
+    assert row["revision"] == 1 and "approved revision" in row["note"]
+    with zipfile.ZipFile(storage.local_path(job.file.name)) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    (folder,) = (tmp_path / "unzipped").iterdir()
+    exported = np.asarray(nib.load(folder / "late.nii.gz").dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(exported, approved_labels)
+    assert exported.any()
