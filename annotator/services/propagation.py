@@ -942,7 +942,15 @@ def _fail(job_id: int, worker: str | None, error: str) -> None:
 
 def run_job(job_id: int, worker: str) -> str:
     """Run one job in this worker process (the Celery task's whole body). Returns the final status."""
-    loaded = get_engine()  # before the claim: loading time must not count against the heartbeat
+    try:
+        loaded = get_engine()  # before the claim: loading time must not count against the heartbeat
+    except Exception as exc:
+        # Not transient (bad weights file, unknown engine name): fail the job instead of re-sending it forever.
+        logger.exception("the propagation engine could not be loaded")
+        if _claim(job_id, worker):
+            _fail(job_id, worker, f"the propagation engine could not be loaded: {exc}")
+            dispatch_pending()
+        return JobStatus.FAILED
     if not _claim(job_id, worker):
         logger.info("job %s is not queued any more; another worker has it or it ended", job_id)
         return "skipped"

@@ -438,3 +438,50 @@ async def test_one_user_cannot_flood_the_workers(
         await sync_to_async(time.sleep)(0.1)
     statuses = await sync_to_async(lambda: set(PropagationJob.objects.values_list("status", flat=True)))()
     assert statuses == {JobStatus.SUCCEEDED}
+
+
+async def test_missing_learned_weights_fall_back_to_classical_and_the_job_says_so(
+    live_layer, thread_worker, object_case, team, liver, ws_connect, api_client, settings, tmp_path
+):
+    settings.PROPLABEL_ENGINE = "learned"
+    settings.PROPLABEL_WEIGHTS_DIR = str(tmp_path / "no-weights-here")
+    ws, connected, _ = await ws_connect(team.annotator, object_case.pk)
+    assert connected
+    job = (
+        await post(
+            api_client(team.annotator),
+            f"/api/cases/{object_case.pk}/propagations/",
+            {"label": liver, "prompt": BOX, "base_revision": None},
+        )
+    ).json()
+    events = await events_until(ws, {"job.done", "job.failed"})
+    assert events[-1]["type"] == "job.done"
+    started = next(event for event in events if event["type"] == "job.started")
+    assert started["job"]["engine"] == "classical" and "weights" in started["job"]["engine_note"]
+    row = await sync_to_async(PropagationJob.objects.get)(pk=job["id"])
+    assert row.options["engine"] == "classical" and "learned weights missing" in row.options["engine_note"]
+    await ws.disconnect()
+
+
+async def test_an_engine_that_cannot_load_fails_the_job_with_the_reason(
+    live_layer, thread_worker, object_case, team, liver, ws_connect, api_client, monkeypatch
+):
+    def broken() -> Any:
+        raise ValueError("weights file is corrupt")
+
+    monkeypatch.setattr(propagation, "get_engine", broken)
+    ws, connected, _ = await ws_connect(team.annotator, object_case.pk)
+    assert connected
+    job = (
+        await post(
+            api_client(team.annotator),
+            f"/api/cases/{object_case.pk}/propagations/",
+            {"label": liver, "prompt": BOX, "base_revision": None},
+        )
+    ).json()
+    failed = (await events_until(ws, {"job.done", "job.failed"}))[-1]
+    assert failed["type"] == "job.failed" and "weights file is corrupt" in failed["error"]
+    row = await sync_to_async(PropagationJob.objects.get)(pk=job["id"])
+    assert row.status == JobStatus.FAILED and "could not be loaded" in row.error
+    assert await current_revision(object_case) is None
+    await ws.disconnect()
