@@ -284,6 +284,9 @@ def audit_page(request: HttpRequest, project: Project) -> HttpResponseBase:
 @require_http_methods(["GET", "POST"])
 def exports_page(request: HttpRequest, project: Project) -> HttpResponseBase:
     if request.method == "POST":
+        if not request.POST.getlist("statuses"):
+            messages.error(request, "Tick at least one case status to export.")
+            return redirect("manage-exports", project_id=project.pk)
         _attempt(
             request,
             lambda: exports.create_export_job(

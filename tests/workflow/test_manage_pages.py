@@ -172,3 +172,27 @@ def test_export_form_queues_an_export_of_the_ticked_statuses(
     assert AuditEvent.objects.filter(verb="export.queued", actor=team.manager).exists()
     page = client.get(f"/manage/projects/{team.project.pk}/exports/").content.decode()
     assert f'data-export="{job.pk}"' in page and "/api/exports/${id}/" in page
+
+
+def test_export_form_with_no_status_ticked_is_refused(team, make_case, client):
+    client.force_login(team.manager)
+    response = client.post(f"/manage/projects/{team.project.pk}/exports/", {"format": "nifti"}, follow=True)
+    assert "Tick at least one case status" in response.content.decode()
+    assert not ExportJob.objects.exists()
+
+
+def test_deleting_an_export_removes_its_zip(
+    team, make_case, api_client, stored_files, django_capture_on_commit_callbacks
+):
+    from annotator.services import exports
+
+    case = make_case(team.project, name="c1")
+    Case.objects.filter(pk=case.pk).update(status=CaseStatus.APPROVED)
+    job = exports.create_export_job(team.manager, team.project, "nifti", enqueue=False)
+    exports.run_export_job(job.pk)
+    assert any(name.startswith("exports/") for name in stored_files())
+    client = api_client(team.manager)
+    with django_capture_on_commit_callbacks(execute=True):  # the file goes once the row deletion commits
+        assert client.delete(f"/api/exports/{job.pk}/").status_code == 204
+    assert not any(name.startswith("exports/") for name in stored_files())
+    assert AuditEvent.objects.filter(verb="export.deleted").exists()
