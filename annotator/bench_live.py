@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-BROKER_POLLING_INTERVAL = 0.02
-"""Seconds between the worker's looks into the filesystem queue (kombu's default, 1 s, would dominate)."""
+FAST_BROKER_POLL = 0.02
+"""Seconds between a test worker's looks into the filesystem queue (kombu's default is 1 s)."""
 
 
 # --- the embedded site and its worker processes ------------------------------------------------------------
@@ -96,19 +96,26 @@ class WorkerProcess:
                 self.kill()
 
 
-def start_worker(env: dict[str, str], name: str, log_dir: Path, slice_delay: float = 0.0) -> WorkerProcess:
-    """A Celery worker process on the ``gpu`` queue (solo pool) with ``env`` (see ``embedded_env``)."""
+def start_worker(
+    env: dict[str, str], name: str, log_dir: Path, slice_delay: float = 0.0, broker_poll: float | None = None
+) -> WorkerProcess:
+    """A Celery worker process on the ``gpu`` queue (solo pool) with ``env`` (see ``embedded_env``).
+
+    ``broker_poll`` overrides the filesystem broker's polling interval (None: what the settings say).
+    """
     log = log_dir / f"worker-{name}.log"
     command = [sys.executable, "-m", "annotator.bench_live", "worker", "--name", name]
     if slice_delay:
         command += ["--slice-delay", str(slice_delay)]
+    if broker_poll is not None:
+        command += ["--broker-poll", str(broker_poll)]
     handle = log.open("wb")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
     handle.close()
     return WorkerProcess(name, process, log)
 
 
-def run_worker(name: str, slice_delay: float) -> None:
+def run_worker(name: str, slice_delay: float, broker_poll: float | None) -> None:
     """Body of ``python -m annotator.bench_live worker``: a gpu worker with a fast filesystem-broker poll."""
     import django
 
@@ -119,8 +126,11 @@ def run_worker(name: str, slice_delay: float) -> None:
     if slice_delay > 0:
         _slow_down_engine(slice_delay)
     options = dict(app.conf.broker_transport_options or {})
-    options["polling_interval"] = BROKER_POLLING_INTERVAL
-    _set_transport_options(app, options)
+    if broker_poll is not None:
+        options["polling_interval"] = broker_poll
+        _set_transport_options(app, options)
+    # kombu's virtual transports poll every second unless told otherwise.
+    print(f"broker polling interval: {options.get('polling_interval', 1.0)} s", flush=True)
     app.worker_main(
         [
             "worker",
@@ -384,17 +394,23 @@ async def _one_run(
     }
 
 
-def run_benchmark(engine: str, repeat: int, keep: bool) -> list[dict[str, Any]]:
+def run_benchmark(
+    engine: str, repeat: int, keep: bool, broker_poll: float | None = None
+) -> list[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="proplabel-bench-"))
     env = _setup_site(root, engine)
     # The demo cache of the real site (./run demo), not of the temp site; never downloaded from here.
     cache = Path(os.environ.get("PROPLABEL_DEMO_CACHE_DIR") or REPO / "var" / "demo-cache")
     obj = demo_object(cache) or generated_object()
     user, case, label = _create_case(obj)
-    worker = start_worker(env, "bench", root)
+    worker = start_worker(env, "bench", root, broker_poll=broker_poll)
     try:
         worker.wait_ready()
+        poll = next(
+            (line for line in worker.log.read_text().splitlines() if line.startswith("broker polling")), ""
+        )
         print(f"object: {obj.name}; volume {obj.array.shape} spacing {obj.spacing}; source: {obj.source}")
+        print(f"worker: separate process, solo pool, {poll}")
         print(f"prompt: {obj.prompt}")
         runs = []
         for index in range(repeat + 1):
@@ -433,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     worker.add_argument("--name", default="gpu")
     worker.add_argument("--slice-delay", type=float, default=0.0)
+    worker.add_argument("--broker-poll", type=float, default=None)
     parser.add_argument(
         "--engine",
         default=os.environ.get("PROPLABEL_ENGINE", "learned"),
@@ -440,11 +457,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="measured runs after one warm-up run")
     parser.add_argument("--keep", action="store_true", help="keep the temp site folder")
+    parser.add_argument(
+        "--broker-poll",
+        type=float,
+        default=None,
+        help="the worker's filesystem-broker polling interval in s (default: the settings', kombu's 1 s if unset)",
+    )
     args = parser.parse_args(argv)
     if args.command == "worker":
-        run_worker(args.name, args.slice_delay)
+        run_worker(args.name, args.slice_delay, args.broker_poll)
         return
-    run_benchmark(args.engine, args.repeat, args.keep)
+    run_benchmark(args.engine, args.repeat, args.keep, args.broker_poll)
 
 
 if __name__ == "__main__":

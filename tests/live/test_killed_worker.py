@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
 
-from annotator.bench_live import WorkerProcess, embedded_env, start_worker, use_broker_folder
+from annotator.bench_live import (
+    FAST_BROKER_POLL,
+    WorkerProcess,
+    embedded_env,
+    start_worker,
+    use_broker_folder,
+)
 from annotator.maskcodec import encode_rle
 from annotator.models import Case, JobStatus, PropagationJob, SegmentationRevision
 from annotator.services import storage
@@ -49,7 +55,7 @@ def workers(live_layer: Path, settings: Any, tmp_path: Path) -> Iterator[Callabl
 
     def start(name: str) -> WorkerProcess:
         # Slow slices (0.3 s) so that the job is still running when the worker is killed.
-        worker = start_worker(env, name, tmp_path, slice_delay=0.3)
+        worker = start_worker(env, name, tmp_path, slice_delay=0.3, broker_poll=FAST_BROKER_POLL)
         started.append(worker)
         worker.wait_ready()
         return worker
