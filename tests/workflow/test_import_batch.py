@@ -58,8 +58,8 @@ def test_several_files_import_with_live_progress_and_per_file_errors(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="annotator.imaging.read_upload raises one VolumeImportError when no file is readable, so "
-    "ImportJob.file_errors stays empty and the message carries nibabel's server-side upload path",
+    reason="annotator.imaging.read_upload raises one VolumeImportError when no file is readable, so the "
+    "failed ImportJob's file_errors stays empty (only the first reason + 'N other files also failed')",
 )
 def test_an_upload_where_every_file_is_bad_fails_and_names_them(
     team, api_client, django_capture_on_commit_callbacks
