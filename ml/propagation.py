@@ -45,8 +45,8 @@ AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
 CROP_REACH_SCALE = 1.5
 """PropSAM's crop: 1.5 x the guide's box (``ml.config.CROP_SCALE`` for the learned predictor)."""
-CROP_REACH_FRACTION = 0.9
-"""A chunk is cut short at the first slice reaching the outer 10 % of the guide's crop (see ``_outgrows``)."""
+CROP_REACH_FRACTION = 0.95
+"""A chunk is cut short at the first slice reaching the outer 5 % of the guide's crop (see ``_outgrows``)."""
 PROMPT, UP, DOWN = "prompt", "up", "down"
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
