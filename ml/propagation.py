@@ -441,8 +441,12 @@ def object_anchor_slice(old_mask: np.ndarray, z: int, touching: np.ndarray) -> i
     reach = ndimage.binary_dilation(touching, structure=_EIGHT_CONNECTED)
     if not (old_mask[low:high] & reach).any():
         return None
-    components, _ = ndimage.label(old_mask, structure=np.ones((3, 3, 3), dtype=bool))
-    labels = np.unique(components[low:high][old_mask[low:high] & reach])
+    # Label only the old mask's bounding box: a whole CT volume would cost seconds per click.
+    rows = np.flatnonzero(old_mask.any(axis=(0, 2)))
+    cols = np.flatnonzero(old_mask.any(axis=(0, 1)))
+    box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    components, _ = ndimage.label(old_mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    labels = np.unique(components[low:high][old_mask[box][low:high] & reach[box[1:]]])
     labels = labels[labels > 0]
     areas = np.isin(components, labels).sum(axis=(1, 2))
     return int(np.argmax(areas))
