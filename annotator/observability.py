@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def _histogram(
     family = HistogramMetricFamily(name, documentation, labels=label_names)
     for labels, agg in rows:
         count = int(agg["n"] or 0)
-        cumulative = [(str(le), int(agg[f"b{i}"] or 0)) for i, le in enumerate(buckets)]
+        cumulative = [(floatToGoString(le), int(agg[f"b{i}"] or 0)) for i, le in enumerate(buckets)]
         cumulative.append(("+Inf", count))
         family.add_metric(list(labels), cumulative, float(agg["sum"] or 0.0))
     return family
@@ -392,7 +393,9 @@ class ClusterCollector(Collector):
             "proplabel_slice_interval_seconds",
             f"Mean gap between streamed slices per succeeded job (newest {limit} jobs)",
         )
-        buckets = [(str(le), sum(1 for gap in gaps if gap <= le)) for le in SLICE_INTERVAL_BUCKETS]
+        buckets = [
+            (floatToGoString(le), sum(1 for gap in gaps if gap <= le)) for le in SLICE_INTERVAL_BUCKETS
+        ]
         buckets.append(("+Inf", len(gaps)))
         family.add_metric([], buckets, sum(gaps))
         return family
