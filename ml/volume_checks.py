@@ -87,7 +87,9 @@ def check_integer(value: object, what: str) -> int:
 
 
 def check_mask_2d(mask: np.ndarray, shape: tuple[int, int], what: str, *, allow_empty: bool) -> np.ndarray:
-    """Validate a 2D mask against a slice shape and return it as bool ``(Y, X)``.
+    """Validate a 2D mask against a slice shape and return it as a new bool ``(Y, X)`` array.
+
+    A copy, so a caller reusing its buffer cannot change a prompt or a streamed step afterwards.
 
     Raises:
         ValueError: wrong shape or dimensionality, or empty when ``allow_empty`` is False.
@@ -99,6 +101,8 @@ def check_mask_2d(mask: np.ndarray, shape: tuple[int, int], what: str, *, allow_
         if not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"{what} must be boolean or numeric, got dtype {array.dtype}")
         array = array != 0
+    else:
+        array = array.copy()
     if not allow_empty and not array.any():
         raise ValueError(f"{what} is empty: it must contain at least one foreground voxel")
     return array
