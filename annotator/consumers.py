@@ -59,7 +59,9 @@ class CaseConsumer(AsyncJsonWebsocketConsumer):
         if self.group_name is not None:
             await self.channel_layer.group_discard(self.group_name, self.channel_name)
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
         # Push only: every change goes through the REST API, where validation and permissions live.
         # Frames from the browser (or junk) are ignored rather than parsed.
         return

@@ -612,8 +612,8 @@ def move_revision(user: AnyUser, case_id: int, data: dict[str, Any], direction: 
 
 
 def case_state(case: Case) -> dict[str, Any]:
-    """``{current_revision, job, slices, jobs}``: the case's running (or newest active) job and its slices."""
-    case.refresh_from_db(fields=["current_revision"])
+    """``{current_revision, status, job, slices, jobs}``: the running (or newest active) job and its slices."""
+    case.refresh_from_db(fields=["current_revision", "status"])
     active = list(
         PropagationJob.objects.filter(case=case, status__in=ACTIVE_JOB_STATUSES).order_by("created_at")
     )
@@ -622,6 +622,7 @@ def case_state(case: Case) -> dict[str, Any]:
     shown = running or (active[-1] if active else None)
     return {
         "current_revision": case.current_revision_id,
+        "status": case.status,
         "job": job_payload(shown, positions) if shown else None,
         "slices": live_state.read_slices(shown.pk) if running else [],
         "jobs": [job_payload(job, positions) for job in active],
