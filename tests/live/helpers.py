@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-WEIGHTS = Path(__file__).resolve().parents[2] / "ml" / "weights" / "proplabel_learned.pt"
+# PROPLABEL_WEIGHTS_DIR (as for the server) lets the suite run against a candidate model.
+WEIGHTS_DIR = Path(
+    os.environ.get("PROPLABEL_WEIGHTS_DIR") or Path(__file__).resolve().parents[2] / "ml" / "weights"
+)
+WEIGHTS = WEIGHTS_DIR / "proplabel_learned.pt"
 
 
 def object_volume(shape: tuple[int, int, int] = (24, 40, 40)) -> np.ndarray:
@@ -32,3 +37,10 @@ def engine_params() -> list[Any]:
         marks=pytest.mark.skipif(not WEIGHTS.exists(), reason="no shipped weights (ml/weights) yet"),
     )
     return ["classical", learned]
+
+
+def reference_engine(name: str) -> Any:
+    """The engine a job with ``PROPLABEL_ENGINE=name`` runs, loaded here to compute the expected result."""
+    from ml.engine import load_engine
+
+    return load_engine(name, weights_dir=WEIGHTS_DIR) if name == "learned" else load_engine(name)

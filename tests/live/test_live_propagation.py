@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from annotator.maskcodec import decode_rle, encode_rle
 from annotator.models import Case, CaseStatus, JobStatus, PropagationJob, SegmentationRevision
 from annotator.services import propagation, revisions
-from tests.live.helpers import BOX, engine_params, object_volume
+from tests.live.helpers import BOX, engine_params, object_volume, reference_engine
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -93,7 +93,7 @@ def slow_engine(monkeypatch: pytest.MonkeyPatch, engine_name: str) -> None:
 async def test_a_box_prompt_streams_slices_outward_then_saves_what_segment_returns(
     engine_name, live_layer, thread_worker, object_case, team, ws_connect, api_client, liver
 ):
-    from ml.engine import BoxPrompt, load_engine
+    from ml.engine import BoxPrompt
 
     ws, connected, state = await ws_connect(team.annotator, object_case.pk)
     assert connected
@@ -128,7 +128,7 @@ async def test_a_box_prompt_streams_slices_outward_then_saves_what_segment_retur
     assert (slices[-1]["done_up"], slices[-1]["done_down"]) == (len(ups), len(downs))
 
     # The saved revision is engine.segment for the same prompt, and matches what was streamed.
-    expected = load_engine(engine_name).segment(object_volume(), SPACING, BoxPrompt(12, 13, 11, 27, 27))
+    expected = reference_engine(engine_name).segment(object_volume(), SPACING, BoxPrompt(12, 13, 11, 27, 27))
     saved = await labels_of(events[-1]["revision"])
     assert np.array_equal(saved == 1, expected)
     assert set(np.unique(saved)) <= {0, 1}
