@@ -8,10 +8,13 @@ Everything is a local two-class intensity model plus shape priors:
   (grey matter on one side, CSF and white matter on the other).
 * Propagation (RadSAM-style chaining inside each chunk): each target slice is classified only inside a
   band around the previous slice's mask (the object moves little from slice to slice; the band widens with
-  the slice gap), then opened, hole-filled and reduced to the components touching the previous mask. A
-  slice whose result is smaller than ``MIN_AREA_MM2`` is empty: the object has ended.
+  the slice gap; one pixel for thin slices), then opened, hole-filled and reduced to the components
+  touching the previous mask. A slice counts as empty (the object has ended) when its result is smaller
+  than ``MIN_AREA_MM2``, or when its pixels look like the object only thanks to the spatial prior
+  (``min_evidence``). A slice that grows faster than ``max_growth`` is redone with a one-pixel band.
 * Box prompt: foreground model from the centre of the box, background model from a ring outside the box,
-  one refit from the first result; the component covering the box centre.
+  one refit from the first result; the component covering the box centre. When that misses the box's
+  sides (a tight box touches its object on all four), the Otsu component touching most sides instead.
 * Point prompt: rays from the click stop where the intensity leaves the click's distribution; their
   (outlier-trimmed) extent becomes a box, segmented like a box prompt.
 * Corrections on a prior mask: a positive click adds the foreground-like region grown from it (bounded by
@@ -38,7 +41,7 @@ MIN_AREA_MM2 = 2.0
 """A propagated slice smaller than this (and than ``MIN_AREA_PX``) counts as empty: the object ended."""
 MIN_AREA_PX = 3
 SPATIAL_PRIOR_INSIDE = 0.9
-"""Prior foreground probability deep inside the previous slice's mask (falls to 1 - this at the band edge)."""
+"""Prior foreground probability deep inside the previous slice's mask (falls towards 1 - this outside it)."""
 CLICK_REACH_MM = 64.0
 """Longest ray (mm) cast from a lone click."""
 CLICK_RAYS = 16
