@@ -11,11 +11,13 @@ Design:
   non-local part of the channel name (``"specific.abc!"`` for a process-specific channel, the full name
   otherwise), so one query fetches everything addressed to the specific channels of a process.
 * ``group_members(group_name, channel, expires)``: memberships expire after ``group_expiry`` seconds.
-* Receiving: every event loop that receives gets one poller task. It asks SQLite ``PRAGMA data_version``
-  (a counter that changes when any other connection commits, so an idle check reads no table) and only
-  when something changed does it claim the waited-for rows with ``DELETE ... RETURNING`` (atomic, so two
-  processes never receive the same message). It polls every ``poll_interval`` seconds while traffic
-  flows and backs off to ``max_poll_interval`` when idle. Sends made in the same process wake the pollers at once.
+* Receiving: one watcher thread per process asks SQLite ``PRAGMA data_version`` (a counter that changes
+  when any other connection commits; no table is read) every ``poll_interval`` seconds while traffic
+  flows and every ``max_poll_interval`` seconds when idle, and only on a change wakes the poller task of
+  each event loop that is receiving. The poller then claims the waited-for rows with
+  ``DELETE ... RETURNING`` (atomic, so two processes never receive the same message). Sends made in the
+  same process wake the pollers at once. An idle process costs one cheap check per tick and no event-loop
+  work; the watcher stops when nothing has been received for a few seconds.
 * Every SQLite call runs on one dedicated thread per layer instance (never on the event loop), which owns
   both connections; that makes the layer safe to use from several event loops and threads, e.g. Daphne's
   loop and ``async_to_sync`` calls from Celery tasks. A fork (Celery prefork pool) is detected by pid and
@@ -72,6 +74,9 @@ CREATE TABLE IF NOT EXISTS group_members (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS group_members_channel ON group_members (channel);
 """
+
+_SAFETY_POLL_SECONDS = 1.0
+"""A receiving loop looks on its own this often, should a wake-up ever be missed."""
 
 # One message row: (id, channel, expires, packed body).
 Row = tuple[int, str, float, bytes]
@@ -208,8 +213,8 @@ class _Store:
         version = reader.execute("PRAGMA data_version").fetchone()[0]
         if version == last_version and not force:
             return version, []
+        # No purge here: it would commit, which wakes every watcher again (senders purge instead).
         now = time.time()
-        self._maybe_cleanup(now)
         rows: list[Row] = []
         for route in routes:
             rows += writer.execute(
@@ -290,7 +295,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         capacity: int = 100,
         channel_capacity: dict[str, int] | None = None,
         poll_interval: float = 0.002,
-        max_poll_interval: float = 0.05,
+        max_poll_interval: float = 0.01,
         active_window: float = 0.5,
         busy_timeout: float = 10.0,
     ) -> None:
@@ -318,6 +323,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
             weakref.WeakKeyDictionary()
         )
         self._state_counter = 0
+        self._watcher: threading.Thread | None = None
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -452,10 +458,64 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def _ensure_poller(self, state: _LoopState) -> None:
         if state.poller is None or state.poller.done():
             state.poller = asyncio.get_running_loop().create_task(self._poll_loop(state))
+        self._ensure_watcher()
+
+    def _ensure_watcher(self) -> None:
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="sqlite-channel-layer-watch", daemon=True
+                )
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        """The per-process change detector (see the module docstring)."""
+        pid = os.getpid()
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        last_version: int | None = None
+        last_change = time.monotonic()
+        idle_since: float | None = None
+        try:
+            while os.getpid() == pid:
+                now = time.monotonic()
+                with self._lock:
+                    targets = [
+                        (loop, state) for loop, state in self._states.items() if state.poller is not None
+                    ]
+                    if not targets:
+                        idle_since = idle_since or now
+                        if now - idle_since > 5.0:
+                            # Deciding under the lock: a receive starting now sees None and starts a new one.
+                            self._watcher = None
+                            return
+                if not targets:
+                    time.sleep(self.max_poll_interval)
+                    continue
+                idle_since = None
+                try:
+                    version = connection.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    logger.warning("SQLite channel layer watcher failed; retrying", exc_info=True)
+                    version = None
+                if version is not None and version != last_version:
+                    if last_version is not None:
+                        last_change = now
+                        for loop, state in targets:
+                            if not loop.is_closed():
+                                with contextlib.suppress(RuntimeError):
+                                    loop.call_soon_threadsafe(state.wake.set)
+                    last_version = version
+                # Events come in bursts (one per slice): stay at the short interval for a while after the
+                # last change, then back off.
+                active = now - last_change < self.active_window
+                time.sleep(self.poll_interval if active else self.max_poll_interval)
+        finally:
+            connection.close()
+            with self._lock:
+                if self._watcher is threading.current_thread():
+                    self._watcher = None
 
     async def _poll_loop(self, state: _LoopState) -> None:
-        interval = self.poll_interval
-        last_traffic = time.monotonic()
         try:
             while state.has_waiters():
                 # Cleared before the query, so a wake-up that arrives during it is not lost.
@@ -472,18 +532,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
                     state.dirty, rows = True, []
                 for _, channel, expires, body in rows:
                     state.deliver(channel, expires, self._unpack(body), self.get_capacity(channel))
-                now = time.monotonic()
-                if rows:
-                    last_traffic = now
-                # Events come in bursts (one per slice): stay at the short interval for a while after the
-                # last message, then back off so an idle socket costs almost nothing.
-                if now - last_traffic < self.active_window:
-                    interval = self.poll_interval
-                else:
-                    interval = min(interval * 2, self.max_poll_interval)
                 if state.dirty:
                     continue
+                self._ensure_watcher()
+                # The watcher wakes us on any commit; the timeout is only a safety net.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.wake.wait(), interval)
+                    await asyncio.wait_for(state.wake.wait(), _SAFETY_POLL_SECONDS)
         finally:
             state.poller = None

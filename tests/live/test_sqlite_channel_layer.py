@@ -218,3 +218,36 @@ async def test_two_processes_reading_one_channel_never_get_the_same_message(laye
     theirs = json.loads(other.communicate(timeout=30)[0])
     # then: every message went to exactly one of them
     assert sorted(mine + theirs) == list(range(40))
+
+
+IDLE_SENDER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from backend.sqlite_channel_layer import SQLiteChannelLayer
+
+    async def main(path):
+        layer = SQLiteChannelLayer(path=path)
+        await layer.group_send("nobody", {"type": "warm-up"})  # opens the connections
+        for n in range(3):
+            await asyncio.sleep(1.2)  # longer than the receiver's active window: it is idle again
+            await layer.group_send("case_9", {"type": "slice", "n": n, "sent": time.time()})
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.asyncio
+async def test_an_idle_receiver_still_hears_another_process_within_a_few_ms(layer):
+    channel = await layer.new_channel()
+    await layer.group_add("case_9", channel)
+    sender = subprocess.Popen([sys.executable, "-c", IDLE_SENDER, str(layer.path)], cwd=REPO)
+    latencies = []
+    try:
+        for _ in range(3):
+            message = await asyncio.wait_for(layer.receive(channel), 15)
+            latencies.append(1000 * (time.time() - message["sent"]))
+    finally:
+        assert sender.wait(timeout=30) == 0
+    print(f"\ncross-process latency after 1.2 s idle: {', '.join(f'{value:.1f}' for value in latencies)} ms")
+    assert max(latencies) < 100
