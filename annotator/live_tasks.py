@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from annotator.services import propagation
@@ -35,9 +35,9 @@ def run_propagation(self: Task, job_id: int) -> str:
     return propagation.run_job(int(job_id), worker)
 
 
-def _consumes_gpu_queue(sender: Any) -> bool:
+def _consumes_gpu_queue(app: Any) -> bool:
     try:
-        queues = sender.app.amqp.queues.consume_from or sender.app.amqp.queues
+        queues = app.amqp.queues.consume_from or app.amqp.queues
         return "gpu" in queues
     except AttributeError:
         return True
@@ -45,7 +45,10 @@ def _consumes_gpu_queue(sender: Any) -> bool:
 
 @worker_process_init.connect
 def _warm_engine_in_child(**_: Any) -> None:
-    # Each pool process (the worker itself with the solo pool) loads the model once, before its first job.
+    # Each pool process (the worker itself with the solo pool) loads the model once, before its first job;
+    # an `io` worker never runs propagations and must not hold a model.
+    if not _consumes_gpu_queue(current_app):
+        return
     try:
         propagation.get_engine()
     except Exception:
@@ -56,7 +59,7 @@ def _warm_engine_in_child(**_: Any) -> None:
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
     """Every gpu worker also watches for jobs whose worker died."""
     global _sweeper
-    if sender is not None and not _consumes_gpu_queue(sender):
+    if sender is not None and not _consumes_gpu_queue(sender.app):
         return
     if _sweeper is None:
         _sweeper = propagation.Sweeper(interval=max(0.5, propagation.stale_seconds() / 4))
