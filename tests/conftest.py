@@ -18,6 +18,23 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The SQLite test database is a file, not Django's in-memory default.
+
+    Embedded mode shares one SQLite file between threads and processes, and tests do the same (WebSocket
+    consumers, worker threads, worker processes). An in-memory database can never be closed in a thread
+    that touched it, so a later test could read a stale database there; a file can.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("database") / "test.sqlite3")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_files(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
     """Media, work folders and password hashing per test: nothing touches var/ and logins are fast."""

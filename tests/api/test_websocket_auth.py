@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -29,6 +31,8 @@ async def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
     communicator = WebsocketCommunicator(application, path, headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     await communicator.disconnect()
+    # The consumer's database calls ran in asgiref's worker thread: leave no connection open there.
+    await sync_to_async(connections.close_all)()
     return connected
 
 
