@@ -86,7 +86,9 @@ def prepare(stack: Stack, count: int) -> list[Annotator]:
     for name in names:
         manager.post(f"/api/projects/{project}/members/", {"username": name, "role": "annotator"}, expect=201)
         imports.append(
-            manager.upload(f"/api/projects/{project}/imports/", {"files": (f"{name}.nii.gz", data)}).json()["id"]
+            manager.upload(f"/api/projects/{project}/imports/", {"files": (f"{name}.nii.gz", data)}).json()[
+                "id"
+            ]
         )
     annotators = []
     for name, import_id in zip(names, imports, strict=True):
@@ -112,13 +114,20 @@ def prepare(stack: Stack, count: int) -> list[Annotator]:
 # --- one annotator's session ----------------------------------------------------------------------------------
 
 
-def run_job(annotator: Annotator, socket: CaseSocket, result: PhaseResult, path: str, body: dict[str, Any]) -> int:
+def run_job(
+    annotator: Annotator, socket: CaseSocket, result: PhaseResult, path: str, body: dict[str, Any]
+) -> int:
     """POST a job, wait for its end on the WebSocket; returns the new current revision."""
     client = annotator.client
     job = result.timed("post job", client.post, f"/api/cases/{annotator.case}{path}", body, expect=202).json()
     started = time.perf_counter()
-    end = socket.job_events(job["id"], until={"job.done", "job.failed", "job.cancelled"}, timeout=300)[-1]
-    record = {"job": job["id"], "case": annotator.case, "type": end["type"], "seconds": time.perf_counter() - started}
+    end = wait_end(annotator, socket, result, job["id"])
+    record = {
+        "job": job["id"],
+        "case": annotator.case,
+        "type": end["type"],
+        "seconds": time.perf_counter() - started,
+    }
     if end["type"] != "job.done":
         record["error"] = end.get("error") or end["type"]
     else:
@@ -128,6 +137,27 @@ def run_job(annotator: Annotator, socket: CaseSocket, result: PhaseResult, path:
     if end["type"] != "job.done":
         raise RuntimeError(f"job {job['id']} ended {end['type']}: {record.get('error')}")
     return int(end["revision"])
+
+
+def wait_end(annotator: Annotator, socket: CaseSocket, result: PhaseResult, job_id: int) -> dict[str, Any]:
+    """The job's end event from the WebSocket. A browser that hears nothing for a while asks the REST API;
+    if the job had ended, its end event was lost on the way: counted as an error, not waited for forever."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            return socket.job_events(job_id, until={"job.done", "job.failed", "job.cancelled"}, timeout=20)[
+                -1
+            ]
+        except AssertionError:
+            job = result.timed("poll job", annotator.client.get, f"/api/jobs/{job_id}/").json()
+            if job["status"] not in ("queued", "running"):
+                with result.lock:
+                    result.errors.append(
+                        f"{annotator.name}: job {job_id} ended {job['status']} but no end event arrived"
+                    )
+                kind = "job.done" if job["status"] == "succeeded" else "job." + job["status"]
+                return {"type": kind, "revision": job["result_revision"], "error": job["error"]}
+    raise RuntimeError(f"job {job_id} did not end within 300 s")
 
 
 def session(annotator: Annotator, rounds: int, result: PhaseResult, deadline: float) -> None:
@@ -163,7 +193,9 @@ def session(annotator: Annotator, rounds: int, result: PhaseResult, deadline: fl
         socket.close()
 
 
-def run_phase(stack: Stack, annotators: list[Annotator], workers: int, rounds: int, timeout: float) -> PhaseResult:
+def run_phase(
+    stack: Stack, annotators: list[Annotator], workers: int, rounds: int, timeout: float
+) -> PhaseResult:
     result = PhaseResult(workers)
     deadline = time.monotonic() + timeout
     threads = [
@@ -193,12 +225,16 @@ def check_revisions(annotators: list[Annotator], results: list[PhaseResult]) -> 
             if "revision" in job:
                 by_case[job["case"]].add(job["revision"])
     for annotator in annotators:
-        history = {row["id"] for row in annotator.client.get(f"/api/cases/{annotator.case}/revisions/").json()}
+        history = {
+            row["id"] for row in annotator.client.get(f"/api/cases/{annotator.case}/revisions/").json()
+        }
         missing = by_case[annotator.case] - history
         if missing:
             problems.append(f"case {annotator.case}: revisions {sorted(missing)} are gone")
         for revision in sorted(by_case[annotator.case])[-2:]:
-            response = annotator.client.get(f"/api/cases/{annotator.case}/revisions/{revision}/labels/", expect=None)
+            response = annotator.client.get(
+                f"/api/cases/{annotator.case}/revisions/{revision}/labels/", expect=None
+            )
             if response.status != 200 or not response.body:
                 problems.append(f"case {annotator.case}: revision {revision} labels -> {response.status}")
     return problems
@@ -206,9 +242,15 @@ def check_revisions(annotators: list[Annotator], results: list[PhaseResult]) -> 
 
 def report(results: list[PhaseResult], annotators: int, rounds: int, slice_delay: float, engine: str) -> None:
     print()
-    print(f"PropLabel load test: {annotators} annotators x {rounds} rounds (browse, open volume, prompt, refine)")
-    print(f"volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, engine {engine}, extra model time per slice {slice_delay * 1000:.0f} ms")
-    print(f"all traffic on {HOST}; this machine: {__import__('os').cpu_count()} CPU cores shared by every process")
+    print(
+        f"PropLabel load test: {annotators} annotators x {rounds} rounds (browse, open volume, prompt, refine)"
+    )
+    print(
+        f"volume {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, engine {engine}, extra model time per slice {slice_delay * 1000:.0f} ms"
+    )
+    print(
+        f"all traffic on {HOST}; this machine: {__import__('os').cpu_count()} CPU cores shared by every process"
+    )
     header = f"{'gpu workers':>11} | {'requests':>8} | {'REST p50 ms':>11} | {'REST p95 ms':>11} | {'REST max ms':>11} | {'jobs':>4} | {'jobs/min':>8} | {'job p50 s':>9} | {'errors':>6}"
     print(header)
     print("-" * len(header))
@@ -227,7 +269,9 @@ def report(results: list[PhaseResult], annotators: int, rounds: int, slice_delay
     print("per request kind, p95 ms:")
     kinds = sorted({kind for r in results for kind in r.latencies})
     for kind in kinds:
-        cells = "  ".join(f"{r.workers} worker(s): {percentile(r.latencies[kind], 0.95) * 1000:7.1f}" for r in results)
+        cells = "  ".join(
+            f"{r.workers} worker(s): {percentile(r.latencies[kind], 0.95) * 1000:7.1f}" for r in results
+        )
         print(f"  {kind:<12} {cells}")
 
 
@@ -235,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gpu worker counts, one phase each")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="gpu worker counts, one phase each"
+    )
     parser.add_argument("--slice-delay", type=float, default=0.0,
                         help="seconds added per streamed slice in the workers (simulates a slower model)")  # fmt: skip
     parser.add_argument("--engine", default="classical", choices=["classical", "learned"])
@@ -244,10 +290,20 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.annotators <= 100 or not 1 <= args.rounds <= 10 or max(args.workers) > 4:
         parser.error("bounded on purpose: 1-100 annotators, 1-10 rounds, at most 4 workers")
 
-    stack = Stack(engine=args.engine, gpu_workers=max(args.workers), slice_delay=args.slice_delay)
+    # Jobs wait their turn in the broker for minutes under this load: no "lost message" re-sends meanwhile
+    # (the stack's default is short, for the fault tests).
+    stack = Stack(
+        engine=args.engine,
+        gpu_workers=max(args.workers),
+        slice_delay=args.slice_delay,
+        extra_env={"PROPLABEL_JOB_REDISPATCH_SECONDS": "600"},
+    )
     results: list[PhaseResult] = []
     try:
-        print(f"starting PostgreSQL, Redis, Daphne and {max(args.workers)} gpu workers on {HOST} ...", flush=True)
+        print(
+            f"starting PostgreSQL, Redis, Daphne and {max(args.workers)} gpu workers on {HOST} ...",
+            flush=True,
+        )
         stack.start()
         annotators = prepare(stack, args.annotators)
         gpu = sorted(name for name in stack.workers if name.startswith("gpu"))

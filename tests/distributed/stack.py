@@ -88,7 +88,11 @@ def free_port() -> int:
 
 
 def wait_for(
-    probe: Callable[[], T | None], timeout: float, what: str, diagnostics: Callable[[], str] = str
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    diagnostics: Callable[[], str] = str,
+    interval: float = 0.1,
 ) -> T:
     """Poll ``probe`` until it returns something other than None/False; StackError after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -100,7 +104,7 @@ def wait_for(
                 return value
         except Exception as exc:  # the service is not up yet: keep polling
             last_error = exc
-        time.sleep(0.1)
+        time.sleep(interval)
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what} ({last_error!r})\n{diagnostics()}")
 
 
@@ -506,7 +510,8 @@ class Stack:
             workers = response.json()["checks"].get("gpu_workers", {}).get("workers", [])
             return workers if response.status == 200 and len(workers) == count else None
 
-        return wait_for(probe, timeout, f"{count} live gpu workers in /readyz", self.diagnostics)
+        # Every failed probe is a logged 503 plus a broadcast to the workers: poll gently.
+        return wait_for(probe, timeout, f"{count} live gpu workers in /readyz", self.diagnostics, interval=0.5)
 
     def diagnostics(self) -> str:
         services = [s for s in (self.web, *self.workers.values()) if s is not None]

@@ -3,15 +3,19 @@
 PostgreSQL and Redis run from the Debian binaries, Daphne serves HTTP + WebSocket, two Celery ``gpu`` workers
 and one ``io`` worker consume Redis queues, and this test is an ordinary client (token auth, stdlib HTTP,
 the ``websockets`` package). The tests share one stack and one imported case and run in file order:
-readiness -> import -> prompt/stream/revision/refine/undo -> worker SIGKILLed mid-job -> Redis restart.
+readiness -> import -> prompt/stream/revision/refine/undo -> worker SIGKILLed mid-job -> Redis restart ->
+web restart mid-job -> review -> export (on the io worker) whose label map equals the approved revision.
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import psycopg
 import pytest
@@ -39,6 +43,7 @@ class World:
     stack: Stack
     manager: Client
     annotator: Client
+    reviewer: Client
     project: int
     label: int
     case: int
@@ -48,15 +53,18 @@ class World:
 @pytest.fixture(scope="module")
 def world(stack: Stack) -> Iterator[World]:
     """A project, a label class, an annotator, and one case imported from a generated NIfTI over HTTP."""
-    stack.create_users("manager1", "annotator1")
-    manager, annotator = stack.login("manager1"), stack.login("annotator1")
+    stack.create_users("manager1", "annotator1", "reviewer1")
+    manager, annotator, reviewer = (
+        stack.login("manager1"),
+        stack.login("annotator1"),
+        stack.login("reviewer1"),
+    )
     project = manager.post("/api/projects/", {"name": "Distributed study"}, expect=201).json()["id"]
     label = manager.post(
         f"/api/projects/{project}/labels/", {"name": "tumour", "value": 1, "color": "#e6194b"}, expect=201
     ).json()["id"]
-    manager.post(
-        f"/api/projects/{project}/members/", {"username": "annotator1", "role": "annotator"}, expect=201
-    )
+    for username, role in (("annotator1", "annotator"), ("reviewer1", "reviewer")):
+        manager.post(f"/api/projects/{project}/members/", {"username": username, "role": role}, expect=201)
 
     volume = object_volume()
     job = manager.upload(
@@ -73,11 +81,14 @@ def world(stack: Stack) -> Iterator[World]:
     )
     assert imported["status"] == "succeeded", imported
     (case,) = imported["cases"]
-    me = annotator.get("/api/me/").json()
-    manager.request("PATCH", f"/api/cases/{case['id']}/", json_body={"assignee": me["id"]}, expect=200)
-    yield World(stack, manager, annotator, project, label, case["id"], volume)
-    manager.close()
-    annotator.close()
+    people = {
+        "assignee": annotator.get("/api/me/").json()["id"],
+        "reviewer": reviewer.get("/api/me/").json()["id"],
+    }
+    manager.request("PATCH", f"/api/cases/{case['id']}/", json_body=people, expect=200)
+    yield World(stack, manager, annotator, reviewer, project, label, case["id"], volume)
+    for client in (manager, annotator, reviewer):
+        client.close()
 
 
 def revisions_of(client: Client, case_id: int) -> dict[int, str]:
@@ -296,3 +307,86 @@ def test_redis_restart_keeps_queued_jobs_and_saved_data(world: World) -> None:
         socket.close()
     after = revisions_of(client, world.case)
     assert {rid: after.get(rid) for rid in before} == before
+
+
+def test_web_restart_mid_job_the_browser_reconnects_and_catches_up(world: World) -> None:
+    stack, client = world.stack, world.annotator
+    assert stack.web is not None
+    base = current_revision(client, world.case)
+    base_labels = label_volume(client, world.case, base) if base else np.zeros(SHAPE, np.uint8)
+    socket = CaseSocket(stack.web_port, world.case, str(client.token))
+    socket.next(lambda event: event["type"] == "state")
+    job = client.post(
+        f"/api/cases/{world.case}/propagations/",
+        {"label": world.label, "prompt": BOX, "base_revision": base},
+        expect=202,
+    ).json()
+    socket.next(lambda event: event["type"] == "slice" and event["job"] == job["id"], 30)
+    stack.web.stop()  # the job keeps running on its worker while no web process exists
+    socket.closed.wait(10)
+    assert socket.closed.is_set(), "the WebSocket outlived its server"
+    client.close()
+    stack.start_web()
+    stack.wait_healthy()
+
+    socket = CaseSocket(stack.web_port, world.case, str(client.token))
+    try:
+        state = socket.next(lambda event: event["type"] == "state")
+        if state["job"] is not None and state["job"]["id"] == job["id"]:
+            # Still running: the state message replays the slices streamed while the browser was away.
+            assert state["job"]["status"] in ("running", "queued")
+            assert state["slices"], state
+            caught_up = [{"type": "slice", "shape": [SHAPE[1], SHAPE[2]], **row} for row in state["slices"]]
+            events = socket.job_events(job["id"], until={"job.done", "job.failed"})
+            assert events[-1]["type"] == "job.done", events[-1]
+            revision = events[-1]["revision"]
+            saved = label_volume(client, world.case, revision)
+            streamed = streamed_mask(caught_up + events)
+            assert np.array_equal(saved == 1, streamed | (base_labels == 1))
+        else:
+            ended = wait_job(client, job["id"])
+            assert ended["status"] == "succeeded", ended
+            assert state["current_revision"] == ended["result_revision"]
+    finally:
+        socket.close()
+
+
+def test_review_then_export_on_the_io_worker_matches_the_approved_revision(world: World) -> None:
+    case_url = f"/api/cases/{world.case}/"
+    world.annotator.post(f"{case_url}transitions/", {"action": "submit"}, expect=200)
+    world.reviewer.post(f"{case_url}transitions/", {"action": "start_review"}, expect=200)
+    world.reviewer.post(f"{case_url}transitions/", {"action": "approve"}, expect=200)
+    approved = world.manager.get(case_url).json()
+    assert approved["status"] == "approved"
+    labels = label_volume(world.manager, world.case, approved["current_revision"])
+
+    job = world.manager.post(
+        f"/api/projects/{world.project}/exports/", {"format": "nifti"}, expect=202
+    ).json()
+    ended = wait_for(
+        lambda: (row := world.manager.get(f"/api/exports/{job['id']}/").json())["status"]
+        in ("succeeded", "failed")
+        and row,
+        90,
+        "the export job",
+        world.stack.diagnostics,
+    )
+    assert ended["status"] == "succeeded", ended
+    assert ended["case_count"] == 1
+    archive = zipfile.ZipFile(io.BytesIO(world.manager.get(ended["download_url"]).body))
+    maps = [name for name in archive.namelist() if name.endswith((".nii.gz", ".nii"))]
+    assert maps, archive.namelist()
+    exported = [
+        np.asanyarray(nib.Nifti1Image.from_bytes(_inflate(archive.read(name))).dataobj) for name in maps
+    ]
+    # On the source grid: NIfTI (i, j, k) = canonical (x, y, z), voxel for voxel.
+    assert any(
+        array.shape == labels.shape[::-1] and np.array_equal(array.transpose(2, 1, 0), labels)
+        for array in exported
+    ), [array.shape for array in exported]
+
+
+def _inflate(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
