@@ -253,7 +253,8 @@ def _check_base_revision(case: Case, base_revision: Any) -> None:
 
 def _locked_case(case: Case) -> Case:
     """Re-read the case under a row lock, so the base-revision check and the write are atomic."""
-    return Case.objects.select_for_update().select_related("project", "volume").get(pk=case.pk)
+    # of=("self",): PostgreSQL refuses FOR UPDATE on the nullable side of the outer join to the volume.
+    return Case.objects.select_for_update(of=("self",)).select_related("project", "volume").get(pk=case.pk)
 
 
 # --- job creation, cancel, supersede ---------------------------------------------------------------------
