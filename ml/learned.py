@@ -182,9 +182,14 @@ class LearnedPredictor:
         inputs = box2mask_inputs(
             image, crop, window, self.input_size, box=box, positive=positive, negative=negative, prior=prior
         )
+        # Test-time augmentation with the four flips: one batched pass, one slice, so it costs little and
+        # steadies the prompt mask that every propagated slice inherits.
+        flips: list[tuple[int, ...]] = [(), (-1,), (-2,), (-2, -1)]
+        batch = torch.stack([inputs.flip(dims) if dims else inputs for dims in flips])
         with self._lock, torch.inference_mode():
-            logits = self.box2mask(inputs[None].to(self.device), all_heads=False)[0]
-        probabilities = torch.sigmoid(logits[:, 0]).cpu()
+            logits = self.box2mask(batch.to(self.device), all_heads=False)[0][:, 0].cpu()
+        unflipped = [logits[index].flip(dims) if dims else logits[index] for index, dims in enumerate(flips)]
+        probabilities = torch.sigmoid(torch.stack(unflipped)).mean(dim=0, keepdim=True)
         return paste_back(probabilities, crop, image.shape)[0] >= 0.5
 
     # ------------------------------------------------------------------ propagation
