@@ -43,7 +43,7 @@ FAST_BROKER_POLL = 0.02
 
 
 def embedded_env(
-    root: Path, *, database: Path | None = None, media: Path | None = None, **extra: str
+    root: Path, *, database: Path | str | None = None, media: Path | None = None, **extra: str
 ) -> dict[str, str]:
     """Environment of an embedded-mode process whose database, broker, channel layer and media live in
     ``root`` (or at the given database / media paths)."""
@@ -56,13 +56,19 @@ def embedded_env(
         {
             "DJANGO_SETTINGS_MODULE": "backend.settings",
             "PROPLABEL_VAR_DIR": str(root),
-            "DATABASE_URL": f"sqlite:///{database or root / 'proplabel.sqlite3'}",
+            "DATABASE_URL": database_url(database or root / "proplabel.sqlite3"),
             "DJANGO_MEDIA_ROOT": str(media or root / "media"),
             "PYTHONPATH": str(REPO),
         }
     )
     env.update(extra)
     return env
+
+
+def database_url(database: Path | str) -> str:
+    """A SQLite file path, or an URL as it is (e.g. PostgreSQL)."""
+    text = str(database)
+    return text if "://" in text else f"sqlite:///{text}"
 
 
 @dataclass

@@ -131,6 +131,8 @@ def file_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     from django.db import connections
 
     request.getfixturevalue("transactional_db")
+    if connections["default"].vendor != "sqlite":
+        return  # PostgreSQL (DATABASE_URL): other threads and processes can use the test database as it is
     settings_dict = connections["default"].settings_dict
     if settings_dict["NAME"] == _file_db.get("path"):
         return

@@ -44,7 +44,7 @@ def workers(live_layer: Path, settings: Any, tmp_path: Path) -> Iterator[Callabl
     settings.PROPLABEL_JOB_STALE_SECONDS = STALE_SECONDS
     env = embedded_env(
         var_dir,
-        database=Path(connections["default"].settings_dict["NAME"]),
+        database=_database_url(connections["default"]),
         media=Path(settings.MEDIA_ROOT),
         PROPLABEL_ENGINE="classical",
         PROPLABEL_JOB_STALE_SECONDS=str(STALE_SECONDS),
@@ -63,6 +63,15 @@ def workers(live_layer: Path, settings: Any, tmp_path: Path) -> Iterator[Callabl
     yield start
     for worker in started:
         worker.stop()
+
+
+def _database_url(connection: Any) -> str:
+    """The test database as the worker processes must open it (SQLite file or PostgreSQL)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgresql://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 async def post(client: Any, url: str, data: dict[str, Any] | None = None) -> Any:
