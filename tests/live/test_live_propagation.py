@@ -485,3 +485,26 @@ async def test_an_engine_that_cannot_load_fails_the_job_with_the_reason(
     assert row.status == JobStatus.FAILED and "could not be loaded" in row.error
     assert await current_revision(object_case) is None
     await ws.disconnect()
+
+
+async def test_scripts_connect_with_a_token_and_the_case_reviewer_may_watch(
+    live_layer, object_case, team, ws_connect
+):
+    from rest_framework.authtoken.models import Token
+
+    await sync_to_async(Case.objects.filter(pk=object_case.pk).update)(reviewer=team.reviewer)
+    # The reviewer of this case, with a session cookie.
+    ws, connected, state = await ws_connect(team.reviewer, object_case.pk)
+    assert connected and state["type"] == "state" and state["case"] == object_case.pk
+    await ws.disconnect()
+    # A script with a token and no cookie; a wrong token is anonymous.
+    token = await sync_to_async(lambda: Token.objects.create(user=team.annotator).key)()
+    ws, connected, state = await ws_connect(
+        None, object_case.pk, path=f"/ws/cases/{object_case.pk}/?token={token}"
+    )
+    assert connected and state["type"] == "state"
+    await ws.disconnect()
+    _, connected, _ = await ws_connect(
+        None, object_case.pk, path=f"/ws/cases/{object_case.pk}/?token=not-a-token"
+    )
+    assert not connected
