@@ -4,6 +4,13 @@
 import { api, ApiError } from './api.js';
 import { el, escapeHtml } from './dom.js';
 
+const WHO = [
+  ['mine', 'mine (to annotate or review)'],
+  ['assigned', 'assigned to me'],
+  ['review', 'to review by me'],
+  ['all', 'all I can see'],
+];
+
 const STATUSES = [
   ['', 'Any status'],
   ['new', 'New'],
@@ -21,44 +28,63 @@ const STATUSES = [
 export async function showCaseList(root, app) {
   const params = new URLSearchParams(window.location.search);
   const status = params.get('status') || '';
-  const mine = params.get('assignee') !== 'all';
+  const who = params.get('who') || 'mine';
   root.innerHTML = `
     <div class="caselist">
       <h2>Cases</h2>
       <div class="filters">
         <label>Status <select class="f-status">${STATUSES.map(([v, l]) => `<option value="${v}" ${v === status ? 'selected' : ''}>${l}</option>`).join('')}</select></label>
-        <label>Assigned <select class="f-assignee"><option value="me" ${mine ? 'selected' : ''}>to me</option><option value="all" ${mine ? '' : 'selected'}>to anyone</option></select></label>
+        <label>Cases <select class="f-who">${WHO.map(([v, l]) => `<option value="${v}" ${v === who ? 'selected' : ''}>${l}</option>`).join('')}</select></label>
       </div>
       <div class="status" role="status"></div>
       <table class="cases"><thead><tr><th>Case</th><th>Status</th><th>Assignee</th><th>Reviewer</th><th>Size (x×y×z)</th><th>Modality</th></tr></thead><tbody></tbody></table>
     </div>`;
   const update = () => {
     const s = /** @type {HTMLSelectElement} */ (root.querySelector('.f-status')).value;
-    const a = /** @type {HTMLSelectElement} */ (root.querySelector('.f-assignee')).value;
+    const w = /** @type {HTMLSelectElement} */ (root.querySelector('.f-who')).value;
     const q = new URLSearchParams();
     if (s) q.set('status', s);
-    if (a === 'all') q.set('assignee', 'all');
+    if (w !== 'mine') q.set('who', w);
     app.navigate(`/app/${q.toString() ? `?${q}` : ''}`);
   };
   root.querySelector('.f-status')?.addEventListener('change', update);
-  root.querySelector('.f-assignee')?.addEventListener('change', update);
+  root.querySelector('.f-who')?.addEventListener('change', update);
   const message = /** @type {HTMLElement} */ (root.querySelector('.status'));
-  const query = new URLSearchParams();
-  if (status) query.set('status', status);
-  if (mine && app.me) query.set('assignee', String(app.me.id));
-  let cases;
+  /** @type {URLSearchParams[]} one query per relation; "mine" merges assigned and to-review */
+  const queries = [];
+  const base = () => {
+    const q = new URLSearchParams();
+    if (status) q.set('status', status);
+    return q;
+  };
+  const me = String(app.me?.id ?? '');
+  if (who === 'mine' || who === 'assigned') queries.push(base());
+  if (who === 'mine' || who === 'review') queries.push(base());
+  if (who === 'mine' || who === 'assigned') queries[0].set('assignee', me);
+  if (who === 'mine') queries[1].set('reviewer', me);
+  if (who === 'review') queries[0].set('reviewer', me);
+  if (who === 'all') queries.push(base());
+  /** @type {any[]} */
+  const list = [];
   try {
-    cases = await api(`/api/cases/?${query}`);
+    const pages = await Promise.all(queries.map((q) => api(`/api/cases/?${q}`)));
+    const seen = new Set();
+    for (const page of pages) {
+      for (const c of Array.isArray(page) ? page : page.results || []) {
+        if (!seen.has(c.id)) list.push(c);
+        seen.add(c.id);
+      }
+    }
+    list.sort((a, b) => a.id - b.id);
   } catch (error) {
     message.textContent = error instanceof ApiError ? error.message : String(error);
     message.className = 'status status-error';
     message.setAttribute('role', 'alert');
     return;
   }
-  const list = Array.isArray(cases) ? cases : cases.results || [];
   const body = /** @type {HTMLElement} */ (root.querySelector('tbody'));
   if (!list.length) {
-    message.textContent = mine ? 'No cases assigned to you with this status.' : 'No cases match.';
+    message.textContent = who === 'all' ? 'No cases match.' : 'No cases for you with this status.';
   }
   for (const c of list) {
     const row = el('tr', { class: 'case-row', 'data-case': String(c.id), tabindex: '0' });

@@ -14,6 +14,9 @@
  *   | {type: 'case-status', status: string}} Action
  */
 
+/** Order of job states: a job never goes back to an earlier one. @type {Record<string, number>} */
+const STATUS_RANK = { queued: 0, running: 1, done: 2, failed: 2, cancelled: 2 };
+
 export class LiveState {
   constructor() {
     /** @type {Job | null} */
@@ -58,43 +61,41 @@ export class LiveState {
         break;
       }
       case 'job.queued':
-      case 'job.started':
-        this.#switchJob(event.job, actions);
-        this.job = event.job;
-        if (event.type === 'job.queued' && event.job.queue_position) {
+      case 'job.started': {
+        // The POST's own answer can arrive after the worker's events for a fast job: never move a job
+        // back from running/done to queued.
+        if (!this.#accept(event.job, actions)) break;
+        if (STATUS_RANK[event.job.status] < STATUS_RANK[this.job?.status ?? 'queued']) break;
+        this.job = { ...this.job, ...event.job };
+        if (event.job.status === 'queued' && event.job.queue_position) {
           actions.push({ type: 'status', level: 'info', text: `Queued (position ${event.job.queue_position})…` });
         } else if (event.type === 'job.started') {
           actions.push({ type: 'status', level: 'info', text: 'Propagating…' });
         }
         break;
+      }
       case 'slice':
-        if (this.job && event.job !== this.job.id) {
-          // A slice of a newer job than we know: adopt it (its job.started may have been missed).
-          if (event.job < this.job.id) break;
-          this.#switchJob({ id: event.job, status: 'running', label_value: undefined }, actions);
-          this.job = { id: event.job, status: 'running' };
-        } else if (!this.job) {
-          this.job = { id: event.job, status: 'running' };
-        }
+        if (!this.#accept({ id: event.job, status: 'running', label: event.label, label_value: event.label_value }, actions)) break;
+        if (/** @type {Job} */ (this.job).status === 'queued') /** @type {Job} */ (this.job).status = 'running';
         if (typeof event.done_up === 'number') this.doneUp = event.done_up;
         if (typeof event.done_down === 'number') this.doneDown = event.done_down;
         actions.push(...this.#slice(event));
         break;
       case 'job.done':
-        if (this.job && event.job?.id !== this.job.id) break;
+        if (!this.#accept(event.job, actions)) break;
         this.job = { ...event.job, status: 'done' };
         this.currentRevision = event.revision;
         actions.push({ type: 'load-revision', revision: event.revision });
         actions.push({ type: 'status', level: 'info', text: `Propagation finished: ${this.seen.size} slices.` });
         break;
       case 'job.failed':
-        if (this.job && event.job?.id !== this.job.id) break;
+        if (!this.#accept(event.job, actions)) break;
         this.job = { ...event.job, status: 'failed' };
         actions.push({ type: 'reset-live' });
         actions.push({ type: 'status', level: 'error', text: `Propagation failed: ${event.error || 'unknown error'}. Your saved segmentation is unchanged.` });
         break;
       case 'job.cancelled':
-        if (this.job && event.job?.id !== this.job.id) break;
+        if (!this.#accept(event.job, actions)) break;
         this.job = { ...event.job, status: 'cancelled' };
         actions.push({ type: 'reset-live' });
         actions.push({ type: 'status', level: 'info', text: 'Propagation cancelled.' });
@@ -119,14 +120,23 @@ export class LiveState {
     return actions;
   }
 
-  /** @param {Job} job @param {Action[]} actions */
-  #switchJob(job, actions) {
-    if (!this.job || this.job.id !== job.id) {
+  /**
+   * Follow `job` if it is the current job or a newer one (ids only grow); false for a stale job.
+   * Switching to a newer job drops the live slices of the old one.
+   * @param {Job} job
+   * @param {Action[]} actions
+   */
+  #accept(job, actions) {
+    if (!job) return false;
+    if (this.job && job.id < this.job.id) return false;
+    if (!this.job || job.id > this.job.id) {
       if (this.seen.size) actions.push({ type: 'reset-live' });
       this.seen = new Set();
       this.doneUp = 0;
       this.doneDown = 0;
+      this.job = { ...job };
     }
+    return true;
   }
 
   /** @param {any} slice @returns {Action[]} */

@@ -32,6 +32,19 @@ describe('LiveState', () => {
     expect(live.apply({ type: 'job.done', job: job(2), revision: 9 })).toEqual([]);
   });
 
+  it('survives the POST answer arriving after a fast job already finished', () => {
+    const live = new LiveState();
+    live.apply({ type: 'state', current_revision: 1, job: null, slices: [] });
+    // worker events first (job 7 never announced as queued to us) ...
+    live.apply({ type: 'slice', job: 7, label: 7, label_value: 2, z: 5, rle: [4] });
+    const done = live.apply({ type: 'job.done', job: job(7, { status: 'done' }), revision: 2 });
+    expect(done[0]).toEqual({ type: 'load-revision', revision: 2 });
+    // ... then the REST answer with the job as it was when created
+    expect(live.apply({ type: 'job.queued', job: job(7, { status: 'queued' }) })).toEqual([]);
+    expect(live.job.status).toBe('done');
+    expect(live.active).toBe(false);
+  });
+
   it('explains failures and cancellations in words', () => {
     const live = new LiveState();
     live.apply({ type: 'job.started', job: job(4) });

@@ -5,6 +5,7 @@ data, and headless Debian Chromium driven by Playwright (never a browser Playwri
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def live_embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         yield server
     finally:
         server.stop()
+        # Keep the server and worker logs next to the screenshots: the temp folder does not survive.
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for name in ("server.log", "worker.log"):
+            if (server.var_dir / name).is_file():
+                shutil.copyfile(server.var_dir / name, ARTIFACTS / name)
 
 
 @pytest.fixture(scope="session")

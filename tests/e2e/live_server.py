@@ -99,6 +99,18 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise RuntimeError(f"the web server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _wait_worker_ready(process: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
+    """Until Celery logs "ready": jobs posted earlier would only queue, and its start-up eats the CPU."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited:\n{log.read_text()[-3000:]}")
+        if log.is_file() and " ready." in log.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"the Celery worker was not ready within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
 def start_embedded_server(var_dir: Path | None = None, port: int | None = None) -> EmbeddedServer:
     """Migrate, seed the offline demo (generated phantom, no download), start a worker and Daphne."""
     var_dir = var_dir or Path(tempfile.mkdtemp(prefix="proplabel-e2e-"))
@@ -114,11 +126,13 @@ def start_embedded_server(var_dir: Path | None = None, port: int | None = None) 
         PYTHON, "-m", "celery", "-A", "backend", "worker", "-Q", "gpu,io", "--pool", "solo",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
     ]
-    server.processes.append(_spawn(worker_argv, env, var_dir / "worker.log"))
+    worker = _spawn(worker_argv, env, var_dir / "worker.log")
+    server.processes.append(worker)
     web = _spawn([PYTHON, "-m", "daphne", "-b", HOST, "-p", str(port), "backend.asgi:application"], env, log)
     server.processes.append(web)
     try:
         _wait_http(f"{server.base_url}/accounts/login/", web, log)
+        _wait_worker_ready(worker, var_dir / "worker.log")
     except Exception:
         server.stop()
         raise

@@ -66,6 +66,41 @@ VOXEL_TO_PAGE_JS = """([z, y, x]) => {
 }"""
 
 
+# The overlay must sit exactly on the image: same canvas rectangle as Cornerstone3D's, and the image under
+# the centre of a bright structure's label (bone, W400/L40) is white while outside the body is black.
+ALIGNMENT_JS = """([value]) => {
+  const v = window.proplabelViewer;
+  const out = {rects: []};
+  for (const plane of ['axial', 'coronal', 'sagittal']) {
+    const a = document.querySelector(`.pane-${plane} .cs canvas`).getBoundingClientRect();
+    const b = document.querySelector(`canvas.overlay[data-plane="${plane}"]`).getBoundingClientRect();
+    out.rects.push(Math.max(Math.abs(a.left - b.left), Math.abs(a.top - b.top), Math.abs(a.width - b.width), Math.abs(a.height - b.height)));
+  }
+  const z = v.renderer.sliceIndex('axial');
+  const [, Y, X] = v.shape;
+  const slice = v.labelmap.axial(z);
+  let n = 0, sy = 0, sx = 0;
+  for (let y = 0; y < Y; y++) for (let x = 0; x < X; x++) if (slice[y * X + x] === value) { n++; sy += y; sx += x; }
+  const canvas = document.querySelector('.pane-axial .cs canvas');
+  const scale = canvas.width / canvas.getBoundingClientRect().width;
+  const grey = (zyx) => {
+    const [cx, cy] = v.renderer.voxelToCanvas('axial', zyx);
+    return canvas.getContext('2d').getImageData(Math.round(cx * scale), Math.round(cy * scale), 1, 1).data[0];
+  };
+  out.inside = n ? grey([z, Math.round(sy / n), Math.round(sx / n)]) : null;
+  out.corner = grey([z, 1, 1]);
+  return out;
+}"""
+
+
+def _assert_aligned(page: Any, bright_value: int) -> None:
+    page.wait_for_timeout(200)  # let a pending resize and render land
+    result = page.evaluate(ALIGNMENT_JS, [bright_value])
+    assert max(result["rects"]) <= 2, result
+    assert result["inside"] is not None and result["inside"] > 200, result
+    assert result["corner"] < 30, result
+
+
 def _shot(page: Any, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"{name}.png"))
 
@@ -126,6 +161,8 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         assert timings["first_slice_ms"] <= FIRST_SLICE_BUDGET_MS
         assert timings["all_slices_ms"] <= ALL_SLICES_BUDGET_MS
         _shot(page, artifacts, "02-case-open")
+        bone = page.evaluate("() => window.proplabelViewer.classes.at(-1).value")  # vertebrae: bright bone
+        _assert_aligned(page, bone)
         assert "Read-only" not in (page.text_content(".banner") or "") or not page.is_visible(".banner")
 
         # --- window/level: a preset, then a right-drag; the image itself must change -------------------------
@@ -219,12 +256,79 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.wait_for_function("(r) => window.proplabelViewer.revision === r", arg=after_repropagate, timeout=20_000)
         _shot(page, artifacts, "09-redo")
 
-        # --- submit for review ----------------------------------------------------------------------------------
+        # --- sketch-mask prompt for the second label: paint on one slice, Enter ---------------------------------
+        spleen = viewer["classes"][1]
+        spleen_box = page.evaluate(LABEL_BOX_JS, [spleen["value"], z])
+        assert spleen_box, "the demo case should show the spleen on its middle slice"
+        page.keyboard.press("2")
+        page.keyboard.press("m")
+        cy_ = (spleen_box["y0"] + spleen_box["y1"]) // 2
+        page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, cy_, spleen_box["x0"] + 2]))
+        page.mouse.down()
+        page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, cy_, spleen_box["x1"] - 2]), steps=10)
+        page.mouse.up()
+        _shot(page, artifacts, "10-sketch")
+        page.keyboard.press("Enter")
+        _wait_job_finished(page, after_repropagate)
+        after_sketch = page.evaluate("() => window.proplabelViewer.revision")
+
+        # --- brush stroke, then Ctrl+S saves it as a revision ----------------------------------------------
+        page.keyboard.press("d")
+        page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, spleen_box["y0"] - 4, spleen_box["x0"]]))
+        page.mouse.down()
+        page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, spleen_box["y0"] - 4, spleen_box["x1"]]), steps=6)
+        page.mouse.up()
+        assert page.text_content(".btn-save") == "Save*"
+        page.keyboard.press("Control+s")
+        page.wait_for_function("(r) => window.proplabelViewer.revision !== r", arg=after_sketch, timeout=20_000)
+        page.wait_for_function("document.querySelector('.status').textContent.startsWith('Saved as revision')")
+        _shot(page, artifacts, "11-brush-saved")
+
+        # --- submit for review; afterwards the annotator is read-only and told so in words -----------------
         page.click("button.action-submit")
         page.wait_for_function("document.querySelector('.status-badge').textContent === 'Submitted'", timeout=20_000)
-        assert page.is_visible(".banner")  # the annotator now sees the case read-only
-        _shot(page, artifacts, "10-submitted")
+        assert page.is_visible(".banner")
+        page.keyboard.press("b")
+        assert "Read-only" in (page.text_content(".status") or "")
+        assert "status-error" in (page.get_attribute(".status", "class") or "")
+        _shot(page, artifacts, "12-submitted")
+        _assert_aligned(page, bone)
         assert not errors, errors
     finally:
         _shot(page, artifacts, "99-last")
+        page.close()
+
+
+def test_reviewer_requests_changes(live_embedded_server: Any, browser: Any, artifacts: Path) -> None:
+    """Reviewer mode on the case the annotator submitted above: read-only, start review, request changes."""
+    server = live_embedded_server
+    page = browser.new_page(viewport={"width": 1400, "height": 850})
+    try:
+        page.goto(f"{server.base_url}/accounts/login/")
+        page.fill("input[name=username]", server.reviewer)
+        page.fill("input[name=password]", server.password)
+        page.click("button[type=submit], input[type=submit]")
+        page.wait_for_selector("tr.case-row", timeout=20_000)
+        row = page.locator("tr.case-row", has=page.locator(".badge.status-submitted"))
+        if row.count() == 0:
+            pytest.skip("no submitted case: the annotator flow above did not reach its submit step")
+        row.first.click()
+        page.wait_for_function("performance.getEntriesByName('volume-ready').length > 0", timeout=30_000)
+        assert "Review mode: read-only" in (page.text_content(".banner") or "")
+        _assert_aligned(page, page.evaluate("() => window.proplabelViewer.classes.at(-1).value"))
+        assert page.is_disabled("button.tool-box")
+        _shot(page, artifacts, "20-review-readonly")
+        page.click("button.action-start_review")
+        page.wait_for_function("document.querySelector('.status-badge').textContent === 'In review'", timeout=20_000)
+        page.click("button.action-request_changes")  # without a comment: refused in words
+        assert "comment" in (page.text_content(".status") or "")
+        page.fill("textarea.comment", "The liver leaks into the body wall on this slice.")
+        page.click("button.action-request_changes")
+        page.wait_for_function(
+            "document.querySelector('.status-badge').textContent === 'Changes requested'", timeout=20_000
+        )
+        page.wait_for_selector(".comment-item", timeout=10_000)
+        assert "leaks" in page.text_content(".comments")
+        _shot(page, artifacts, "21-changes-requested")
+    finally:
         page.close()

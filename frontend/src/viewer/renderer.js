@@ -41,7 +41,27 @@ export class ImageRenderer {
   }
 
   /**
-   * Build the volume and the three viewports.
+   * Start Cornerstone3D and create the three viewports; needs no data, so it runs while the volume
+   * downloads (the WebGL context and shaders are then ready when the voxels arrive).
+   * @param {string} engineId
+   */
+  async prepare(engineId) {
+    initialised ||= init();
+    await initialised;
+    this.engine?.destroy();
+    this.engine = new RenderingEngine(engineId);
+    this.engine.setViewports(
+      this.planes.map((plane) => ({
+        viewportId: plane,
+        element: this.elements[plane],
+        type: Enums.ViewportType.ORTHOGRAPHIC,
+        defaultOptions: { orientation: ORIENTATION[plane], background: [0, 0, 0] },
+      })),
+    );
+  }
+
+  /**
+   * Build the volume from the raw voxels and show it in the three viewports (after `prepare`).
    * @param {string} volumeId unique per case and content
    * @param {Int16Array | Uint16Array | Uint8Array | Float32Array} voxels (Z, Y, X) C order
    * @param {Vec3} shape (Z, Y, X)
@@ -49,8 +69,7 @@ export class ImageRenderer {
    * @param {string} modality
    */
   async load(volumeId, voxels, shape, spacing, modality) {
-    initialised ||= init();
-    await initialised;
+    if (!this.engine) throw new Error('ImageRenderer.prepare() must run first');
     this.shape = shape;
     this.spacing = spacing;
     const [Z, Y, X] = shape;
@@ -80,16 +99,6 @@ export class ImageRenderer {
     });
     // The texture does not know its data arrived: mark every frame as updated.
     volume.invalidate();
-    this.engine?.destroy();
-    this.engine = new RenderingEngine(`engine_${this.volumeId}`);
-    this.engine.setViewports(
-      this.planes.map((plane) => ({
-        viewportId: plane,
-        element: this.elements[plane],
-        type: Enums.ViewportType.ORTHOGRAPHIC,
-        defaultOptions: { orientation: ORIENTATION[plane], background: [0, 0, 0] },
-      })),
-    );
     await setVolumesForViewports(this.engine, [{ volumeId: this.volumeId }], this.planes);
     for (const plane of this.planes) this.viewport(plane).resetCamera();
   }
@@ -208,8 +217,14 @@ export class ImageRenderer {
     return zyx;
   }
 
-  render() {
-    this.engine?.render();
+  /**
+   * Draw on the next frame.
+   * @param {PlaneName[]} [planes] only these viewports (default: all)
+   */
+  render(planes) {
+    if (!this.engine) return;
+    if (planes) this.engine.renderViewports(planes);
+    else this.engine.render();
   }
 
   destroy() {

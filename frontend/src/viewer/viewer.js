@@ -89,12 +89,15 @@ export class Viewer {
     this.editable = false;
     this.workflow = { status: '', allowed_actions: [], may_edit_labels: false, relations: [] };
     this.drawQueued = false;
+    this.ready = false;
     this.destroyed = false;
     /** @type {CaseSocket | null} */
     this.socket = null;
     this.onKey = this.onKey.bind(this);
     this.onResize = () => {
-      this.renderer?.resize();
+      if (!this.ready) return;
+      this.renderer.resize();
+      this.renderer.render();
       this.scheduleDraw();
     };
   }
@@ -157,6 +160,7 @@ export class Viewer {
             <section class="panel review-panel">
               <h3>Workflow</h3>
               <div class="workflow-text"></div>
+              <div class="comments"></div>
               <textarea class="comment" rows="3" placeholder="Comment (required to request changes)"></textarea>
               <div class="actions"></div>
             </section>
@@ -207,6 +211,10 @@ export class Viewer {
     });
     window.addEventListener('keydown', this.onKey);
     window.addEventListener('resize', this.onResize);
+    // The views also change size without a window resize (banner shown, side panel grows): keep
+    // Cornerstone's canvases and the overlay the same size, or the overlay drifts off the image.
+    this.resizeObserver = new ResizeObserver(() => this.onResize());
+    this.resizeObserver.observe(this.$('.views'));
     /** @type {Record<PlaneName, Overlay>} */
     this.overlays = /** @type {any} */ ({});
     for (const plane of PLANE_NAMES) {
@@ -221,6 +229,7 @@ export class Viewer {
     this.destroyed = true;
     window.removeEventListener('keydown', this.onKey);
     window.removeEventListener('resize', this.onResize);
+    this.resizeObserver?.disconnect();
     this.socket?.close();
     this.renderer?.destroy();
   }
@@ -252,12 +261,17 @@ export class Viewer {
     this.mount();
     const bar = /** @type {HTMLElement} */ (this.$('.loading .progress-bar'));
     const loadingText = this.$('.loading-text');
+    const elements = /** @type {Record<PlaneName, HTMLDivElement>} */ ({});
+    for (const plane of PLANE_NAMES) elements[plane] = /** @type {HTMLDivElement} */ (this.root.querySelector(`.pane-${plane} .cs`));
+    this.renderer = new ImageRenderer(elements);
     try {
+      const prepared = this.renderer.prepare(`engine_case_${this.caseId}`);
       const [kase, meta, workflow] = await Promise.all([
         api(`/api/cases/${this.caseId}/`),
         api(`/api/cases/${this.caseId}/volume/`),
         api(`/api/cases/${this.caseId}/transitions/`),
       ]);
+      performance.mark('case-metadata');
       this.case = kase;
       this.meta = meta;
       this.workflow = workflow;
@@ -274,6 +288,7 @@ export class Viewer {
         bar.style.width = `${Math.round(f * 100)}%`;
       });
       if (this.destroyed) return;
+      performance.mark('voxels-downloaded');
       const voxels = new dtype.array(buffer);
       this.voxels = voxels;
       this.classes = (await classesPromise).sort((/** @type {any} */ a, /** @type {any} */ b) => a.value - b.value);
@@ -283,23 +298,26 @@ export class Viewer {
       this.labelmap.locked = new Set(kase.locked_labels || []);
       this.labelmap.setColors(this.classes, this.display);
       loadingText.textContent = 'Preparing views…';
-      const elements = /** @type {Record<PlaneName, HTMLDivElement>} */ ({});
-      for (const plane of PLANE_NAMES) elements[plane] = /** @type {HTMLDivElement} */ (this.root.querySelector(`.pane-${plane} .cs`));
-      this.renderer = new ImageRenderer(elements);
+      await prepared;
       await this.renderer.load(`case_${this.caseId}_${meta.content_hash || ''}`.slice(0, 60), voxels, this.shape, this.spacing, meta.modality);
+      performance.mark('volume-created');
+      this.ready = true; // from here on the handlers may touch the volume, labels and cameras
       this.window = defaultWindow(meta.modality, meta.stats);
       this.renderer.setWindow(this.window);
       this.cursor = /** @type {Vec3} */ (this.shape.map((n) => Math.floor(n / 2)));
       this.syncSlicesToCursor();
       const axialElement = elements.axial;
       const firstPaint = new Promise((resolve) => axialElement.addEventListener('CORNERSTONE_IMAGE_RENDERED', resolve, { once: true }));
-      this.renderer.render();
+      // Axial first: one viewport's first draw (shader compile + texture upload) is what the user waits for.
+      this.renderer.render(['axial']);
       await Promise.race([firstPaint, new Promise((r) => setTimeout(r, 2000))]);
       performance.mark('first-slice-painted');
+      this.renderer.render();
       performance.measure('first-slice', 'case-open-start', 'first-slice-painted');
       this.$('.loading').hidden = true;
       this.renderLabelPanel();
       this.applyWorkflow();
+      this.loadComments();
       this.drawNow();
       await this.loadRevision(kase.current_revision);
       performance.mark('volume-ready');
@@ -399,7 +417,7 @@ export class Viewer {
   }
 
   drawNow() {
-    if (!this.renderer?.engine || this.destroyed) return;
+    if (!this.ready || this.destroyed) return;
     for (const plane of PLANE_NAMES) {
       const index = this.renderer.sliceIndex(plane);
       const { count } = planeSize(plane, this.shape);
@@ -446,7 +464,7 @@ export class Viewer {
     };
     canvas.addEventListener('contextmenu', (e) => e.preventDefault());
     canvas.addEventListener('wheel', (e) => {
-      if (!this.renderer?.engine) return;
+      if (!this.ready) return;
       e.preventDefault();
       if (e.ctrlKey || e.metaKey) {
         this.renderer.zoom(plane, e.deltaY < 0 ? 1.15 : 1 / 1.15);
@@ -457,7 +475,7 @@ export class Viewer {
       this.scheduleDraw();
     }, { passive: false });
     canvas.addEventListener('pointerdown', (e) => {
-      if (!this.renderer?.engine) return;
+      if (!this.ready) return;
       canvas.setPointerCapture(e.pointerId);
       const p = point(e);
       const voxel = this.voxelAt(plane, p);
@@ -470,7 +488,7 @@ export class Viewer {
       }
     });
     canvas.addEventListener('pointermove', (e) => {
-      if (!this.renderer?.engine) return;
+      if (!this.ready) return;
       const p = point(e);
       const voxel = this.voxelAt(plane, p);
       this.hover = voxel.inside ? voxel.zyx : null;
@@ -754,7 +772,7 @@ export class Viewer {
   onKey(e) {
     const target = /** @type {HTMLElement} */ (e.target);
     if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.tagName === 'SELECT')) return;
-    if (!this.renderer?.engine) return;
+    if (!this.ready) return;
     const key = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
     if (ctrl && (key === 'z' || key === 'Z')) {
@@ -835,24 +853,45 @@ export class Viewer {
       await this.flushEdits();
       /** @type {any} */
       const body = { label: this.activeLabel.id, prompt, base_revision: this.revision };
-      const { top, bottom } = this.markers;
-      if (top !== null || bottom !== null) {
-        const bounds = [top, bottom].filter((v) => v !== null);
-        body.z_min = Math.min(...bounds.map(Number), prompt.z);
-        body.z_max = Math.max(...bounds.map(Number), prompt.z);
-        if (top !== null && bottom !== null) {
-          body.z_min = Math.min(top, bottom);
-          body.z_max = Math.max(top, bottom);
-        }
-      }
+      const bounds = this.boundsFromMarkers(prompt.z);
+      if (bounds === null) return;
+      Object.assign(body, bounds);
       this.firstLivePaint = false;
       performance.mark('prompt-sent');
       const job = await api(`/api/cases/${this.caseId}/propagations/`, { method: 'POST', body });
       this.onEvent({ type: 'job.queued', job });
-      this.setStatus(`Propagating ${this.activeLabel.name} from slice ${prompt.z + 1}…`);
+      // A fast job may already be done by the time this answer arrives: don't overwrite its result message.
+      if (this.live.active) this.setStatus(`Propagating ${this.activeLabel.name} from slice ${prompt.z + 1}…`);
     } catch (error) {
       this.handleWriteError(error);
     }
+  }
+
+  /**
+   * z_min / z_max from the top/bottom markers. "Top" is the boundary drawn higher on the coronal view,
+   * whichever z direction that is for this volume. Null (and a message) when the prompt lies outside.
+   * @param {number} promptZ
+   * @returns {{z_min?: number, z_max?: number} | null}
+   */
+  boundsFromMarkers(promptZ) {
+    const { top, bottom } = this.markers;
+    if (top === null && bottom === null) return {};
+    const last = this.shape[0] - 1;
+    const upIsHighZ = this.renderer.voxelToCanvas('coronal', [last, 0, 0])[1] < this.renderer.voxelToCanvas('coronal', [0, 0, 0])[1];
+    const high = upIsHighZ ? top : bottom;
+    const low = upIsHighZ ? bottom : top;
+    /** @type {{z_min?: number, z_max?: number}} */
+    const bounds = {};
+    if (low !== null) bounds.z_min = low;
+    if (high !== null) bounds.z_max = high;
+    if (bounds.z_min !== undefined && bounds.z_max !== undefined && bounds.z_min > bounds.z_max) {
+      [bounds.z_min, bounds.z_max] = [bounds.z_max, bounds.z_min];
+    }
+    if ((bounds.z_min ?? 0) > promptZ || (bounds.z_max ?? last) < promptZ) {
+      this.setStatus(`The prompt on slice ${promptZ + 1} lies outside the top/bottom boundaries: move a boundary (T / Y toggles it) first.`, 'error');
+      return null;
+    }
+    return bounds;
   }
 
   propagateCurrent() {
@@ -901,7 +940,7 @@ export class Viewer {
         body: { label: this.activeLabel.id, base_revision: this.revision, clicks: [click], edited_slices: [] },
       });
       this.onEvent({ type: 'job.queued', job });
-      this.setStatus(`${click.positive ? 'Adding' : 'Removing'} at slice ${click.z + 1}; re-propagating…`);
+      if (this.live.active) this.setStatus(`${click.positive ? 'Adding' : 'Removing'} at slice ${click.z + 1}; re-propagating…`);
     } catch (error) {
       this.handleWriteError(error);
     }
@@ -1040,10 +1079,40 @@ export class Viewer {
     }
   }
 
+  /** Review comments, newest last; clicking one jumps to the slice it refers to. */
+  async loadComments() {
+    let comments;
+    try {
+      comments = await api(`/api/cases/${this.caseId}/comments/`);
+    } catch (error) {
+      this.showError(error);
+      return;
+    }
+    const list = Array.isArray(comments) ? comments : comments.results || [];
+    const box = this.$('.comments');
+    box.innerHTML = '';
+    for (const c of list) {
+      const item = el('div', { class: 'comment-item' });
+      const where = c.slice_z !== null && c.slice_z !== undefined ? ` · slice ${c.slice_z + 1}` : '';
+      item.innerHTML = `<div class="small">${escapeHtml(c.author?.name || '')} · ${escapeHtml(new Date(c.created_at).toLocaleString())}${where}</div><div>${escapeHtml(c.text)}</div>`;
+      if (where) {
+        item.classList.add('has-slice');
+        item.title = 'Go to the slice';
+        item.addEventListener('click', () => {
+          this.cursor[0] = Math.min(this.shape[0] - 1, c.slice_z);
+          this.syncSlicesToCursor();
+          this.scheduleDraw();
+        });
+      }
+      box.append(item);
+    }
+  }
+
   async refreshWorkflow() {
     try {
       this.workflow = await api(`/api/cases/${this.caseId}/transitions/`);
       this.applyWorkflow();
+      this.loadComments();
     } catch (error) {
       this.showError(error);
     }
