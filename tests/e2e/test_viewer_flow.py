@@ -183,6 +183,21 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         _shot(page, artifacts, "03-window-level")
         page.select_option(".wl-preset", "soft")
 
+        # --- zoom (Ctrl+wheel) and pan (Shift+drag): the overlay must stay on the image -------------------
+        page.mouse.move(cx, cy)
+        page.keyboard.down("Control")
+        for _ in range(3):
+            page.mouse.wheel(0, -100)
+        page.keyboard.up("Control")
+        page.keyboard.down("Shift")
+        page.mouse.down()
+        page.mouse.move(cx + 60, cy - 40, steps=4)
+        page.mouse.up()
+        page.keyboard.up("Shift")
+        _assert_aligned(page, bone)
+        _shot(page, artifacts, "03b-zoom-pan")
+        page.keyboard.press("r")  # reset the view
+
         # --- box prompt around the liver on the middle slice -------------------------------------------------
         viewer = page.evaluate(
             "() => { const v = window.proplabelViewer; return {shape: v.shape, revision: v.revision,"
@@ -207,7 +222,11 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
             "() => { const v = window.proplabelViewer; return {slices: v.live.seen.size, up: v.live.doneUp,"
             " down: v.live.doneDown, revision: v.revision, job: v.live.job.id}; }"
         )
-        print(f"box prompt: {live['slices']} slices streamed (up {live['up']}, down {live['down']}), revision {live['revision']}")
+        first_slice_ms = page.evaluate("() => performance.getEntriesByName('prompt-to-first-slice')[0]?.duration")
+        print(
+            f"box prompt: {live['slices']} slices streamed (up {live['up']}, down {live['down']}), revision"
+            f" {live['revision']}; prompt -> first slice painted {first_slice_ms:.0f} ms"
+        )
         assert live["slices"] >= 10
         # The overlay shows the label on >= 10 axial slices of the new revision (pixel check on the canvas).
         rgb = _hex_rgb(liver["color"])

@@ -383,6 +383,8 @@ export class Viewer {
             if (!this.firstLivePaint) {
               this.firstLivePaint = true;
               performance.mark('first-live-slice');
+              // Prompt request -> first streamed slice in the overlay (what the annotator feels).
+              if (performance.getEntriesByName('prompt-sent').length) performance.measure('prompt-to-first-slice', 'prompt-sent', 'first-live-slice');
             }
           }
           break;
@@ -772,6 +774,8 @@ export class Viewer {
   onKey(e) {
     const target = /** @type {HTMLElement} */ (e.target);
     if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.tagName === 'SELECT')) return;
+    // Enter/Space on a focused button press that button; they must not also propagate.
+    if (target?.tagName === 'BUTTON' && (e.key === 'Enter' || e.key === ' ')) return;
     if (!this.ready) return;
     const key = e.key;
     const ctrl = e.ctrlKey || e.metaKey;
@@ -935,6 +939,8 @@ export class Viewer {
     this.scheduleDraw();
     try {
       await this.flushEdits();
+      this.firstLivePaint = false;
+      performance.mark('prompt-sent');
       const job = await api(`/api/cases/${this.caseId}/refinements/`, {
         method: 'POST',
         body: { label: this.activeLabel.id, base_revision: this.revision, clicks: [click], edited_slices: [] },
