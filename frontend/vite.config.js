@@ -9,7 +9,8 @@ export default defineConfig({
     chunkSizeWarningLimit: 6000,
     rollupOptions: {
       output: {
-        // Cornerstone3D breaks when its modules are split across chunks in production builds.
+        // Cornerstone3D + vtk.js in one chunk: cached apart from the app code, and never split across chunks
+        // (split chunks are a known cause of broken Cornerstone3D production builds).
         manualChunks: (id) => (id.includes('@cornerstonejs') || id.includes('@kitware') ? 'cornerstone' : undefined),
       },
     },
