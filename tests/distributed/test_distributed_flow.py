@@ -10,6 +10,7 @@ web restart mid-job -> review -> export (on the io worker) whose label map equal
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -278,8 +279,16 @@ def test_redis_restart_keeps_queued_jobs_and_saved_data(world: World) -> None:
         expect=202,
     ).json()
     wait_for(lambda: queued_messages(stack, "gpu") >= 1, 20, "the job's message in Redis")
+    # Readiness names the missing workers; the web pods' own probe (skip=workers) stays green.
+    unready = stack.readyz()
+    assert unready.status == 503
+    assert unready.json()["checks"]["gpu_workers"]["ok"] is False
+    assert Client(stack.web_port).get("/readyz?skip=workers").status == 200
 
-    stack.redis.restart()  # SIGKILL, then start on the same port and append-only file
+    stack.redis.kill()  # SIGKILL: only the append-only file keeps the queue
+    down = Client(stack.web_port).get("/readyz?skip=workers", expect=503).json()["checks"]
+    assert down["redis"]["ok"] is False and down["database"]["ok"] is True
+    stack.redis.start()  # same port, same append-only file
     assert queued_messages(stack, "gpu") >= 1, "the queued job's message was lost with the Redis restart"
     assert client.get(f"/api/jobs/{waiting['id']}/").json()["status"] == "queued"
     assert revisions_of(client, world.case) == before
@@ -390,3 +399,31 @@ def _inflate(data: bytes) -> bytes:
     import gzip
 
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def test_metrics_report_the_jobs_that_ran_on_postgresql(world: World) -> None:
+    """The job histograms are SQL over PostgreSQL's interval arithmetic here (SQLite in the unit tests)."""
+    text = Client(world.stack.web_port).get("/metrics").body.decode()
+
+    def value(name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            match = re.fullmatch(r"([a-z_]+)(?:\{(.*)\})? (\S+)", line)
+            found = dict(re.findall(r'(\w+)="([^"]*)"', (match.group(2) or "") if match else ""))
+            if match and match.group(1) == name and found == labels:
+                return float(match.group(3))
+        raise AssertionError(f"{name} {labels} missing from /metrics")
+
+    succeeded = {"kind": "propagate", "status": "succeeded"}
+    jobs = value("proplabel_jobs", **succeeded)
+    assert jobs >= 4
+    assert value("proplabel_job_duration_seconds_count", **succeeded) == jobs
+    # Every succeeded job streamed slices held 60 ms each: none ran in under a second.
+    assert value("proplabel_job_duration_seconds_bucket", le="0.5", **succeeded) == 0
+    assert value("proplabel_job_duration_seconds_sum", **succeeded) > jobs
+    assert value("proplabel_first_slice_latency_seconds_count", kind="propagate") >= jobs
+    assert value("proplabel_jobs", kind="refine", status="succeeded") >= 1
+    assert value("proplabel_jobs", kind="import", status="succeeded") == 1
+    assert value("proplabel_jobs", kind="export", status="succeeded") == 1
+    assert value("proplabel_queue_depth", queue="gpu") == 0
+    assert value("proplabel_metrics_source_up", source="broker") == 1
+    assert value("proplabel_metrics_source_up", source="database") == 1
