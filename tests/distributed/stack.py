@@ -65,7 +65,7 @@ def find_binaries() -> Binaries:
     """PostgreSQL's bin folder (initdb, pg_ctl, createdb) and redis-server; env overrides first."""
     bindir: Path | None = None
     if override := os.environ.get("PROPLABEL_PG_BINDIR"):
-        bindir = Path(override)
+        bindir = Path(override) if (Path(override) / "initdb").is_file() else None
     else:
         # Debian keeps the server binaries out of PATH, one folder per major version: take the newest.
         candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
@@ -75,6 +75,8 @@ def find_binaries() -> Binaries:
     redis = os.environ.get("PROPLABEL_REDIS_SERVER") or shutil.which("redis-server")
     if redis is None and Path("/usr/bin/redis-server").is_file():
         redis = "/usr/bin/redis-server"
+    if redis is not None and not Path(redis).is_file():
+        redis = None
     return Binaries(bindir, Path(redis) if redis else None)
 
 
@@ -511,7 +513,9 @@ class Stack:
             return workers if response.status == 200 and len(workers) == count else None
 
         # Every failed probe is a logged 503 plus a broadcast to the workers: poll gently.
-        return wait_for(probe, timeout, f"{count} live gpu workers in /readyz", self.diagnostics, interval=0.5)
+        return wait_for(
+            probe, timeout, f"{count} live gpu workers in /readyz", self.diagnostics, interval=0.5
+        )
 
     def diagnostics(self) -> str:
         services = [s for s in (self.web, *self.workers.values()) if s is not None]
