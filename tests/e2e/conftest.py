@@ -25,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
+SLICE_DELAY = 0.08
 
 
 def _skip_reason() -> str | None:
@@ -44,7 +45,8 @@ def live_embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
     """base_url, demo credentials (annotator / reviewer share DEMO password), torn down after the session."""
     if reason := _skip_reason():
         pytest.skip(reason)
-    server = start_embedded_server(tmp_path_factory.mktemp("proplabel-e2e"))
+    # Slices are held SLICE_DELAY s each so the tests can see streaming in flight and cancel a job.
+    server = start_embedded_server(tmp_path_factory.mktemp("proplabel-e2e"), slice_delay=SLICE_DELAY)
     try:
         yield server
     finally:

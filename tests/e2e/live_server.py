@@ -111,8 +111,14 @@ def _wait_worker_ready(process: subprocess.Popen[bytes], log: Path, timeout: flo
     raise RuntimeError(f"the Celery worker was not ready within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def start_embedded_server(var_dir: Path | None = None, port: int | None = None) -> EmbeddedServer:
-    """Migrate, seed the offline demo (generated phantom, no download), start a worker and Daphne."""
+def start_embedded_server(
+    var_dir: Path | None = None, port: int | None = None, slice_delay: float = 0.0
+) -> EmbeddedServer:
+    """Migrate, seed the offline demo (generated phantom, no download), start a worker and Daphne.
+
+    ``slice_delay`` > 0 holds every streamed slice that long (the distributed tests' worker wrapper), so a
+    browser test can watch a propagation in flight and cancel it; the worker computes the same masks.
+    """
     var_dir = var_dir or Path(tempfile.mkdtemp(prefix="proplabel-e2e-"))
     var_dir.mkdir(parents=True, exist_ok=True)
     env = _env(var_dir)
@@ -122,10 +128,15 @@ def start_embedded_server(var_dir: Path | None = None, port: int | None = None) 
     _run([*manage, "seed_demo", "--offline", "--cache-dir", str(var_dir / "demo-cache")], env, log)
     port = port or _free_port()
     server = EmbeddedServer(base_url=f"http://{HOST}:{port}", var_dir=var_dir)
-    worker_argv = [
-        PYTHON, "-m", "celery", "-A", "backend", "worker", "-Q", "gpu,io", "--pool", "solo",
-        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
+    worker_options = [
+        "-Q", "gpu,io", "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-l", "INFO",
     ]
+    if slice_delay > 0:
+        env = {**env, "PROPLABEL_TEST_SLICE_DELAY": str(slice_delay)}
+        worker_argv = [PYTHON, "-m", "tests.distributed.worker_main", *worker_options]
+    else:
+        worker_argv = [PYTHON, "-m", "celery", "-A", "backend", "worker", *worker_options]
     worker = _spawn(worker_argv, env, var_dir / "worker.log")
     server.processes.append(worker)
     web = _spawn([PYTHON, "-m", "daphne", "-b", HOST, "-p", str(port), "backend.asgi:application"], env, log)

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import SLICE_DELAY
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 FIRST_SLICE_BUDGET_MS = 1000
@@ -217,6 +219,14 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         _shot(page, artifacts, "04-box-drawn")
         page.mouse.up()
         # NEEDS LIVE PROPAGATION (issue 5) from here on.
+        # In flight: slices are painted as they stream in, with progress per direction.
+        page.wait_for_function(
+            "() => { const v = window.proplabelViewer; return v.live.active && v.live.seen.size >= 4; }",
+            timeout=JOB_TIMEOUT_MS,
+        )
+        assert page.is_visible(".job-panel")
+        assert "↑" in page.text_content(".job-text")
+        _shot(page, artifacts, "04b-streaming")
         _wait_job_finished(page, viewer["revision"])
         live = page.evaluate(
             "() => { const v = window.proplabelViewer; return {slices: v.live.seen.size, up: v.live.doneUp,"
@@ -226,6 +236,7 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         print(
             f"box prompt: {live['slices']} slices streamed (up {live['up']}, down {live['down']}), revision"
             f" {live['revision']}; prompt -> first slice painted {first_slice_ms:.0f} ms"
+            f" (includes the test worker's {SLICE_DELAY * 1000:.0f} ms hold per slice)"
         )
         assert live["slices"] >= 10
         # The overlay shows the label on >= 10 axial slices of the new revision (pixel check on the canvas).
@@ -302,6 +313,21 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.wait_for_function("(r) => window.proplabelViewer.revision !== r", arg=after_sketch, timeout=20_000)
         page.wait_for_function("document.querySelector('.status').textContent.startsWith('Saved as revision')")
         _shot(page, artifacts, "11-brush-saved")
+
+        # --- cancel a running propagation: the saved revision stays ---------------------------------------
+        before_cancel = page.evaluate("() => window.proplabelViewer.revision")
+        page.keyboard.press("Shift+Enter")  # re-propagate the active label from this slice
+        page.wait_for_function(
+            "() => { const v = window.proplabelViewer; return v.live.active && v.live.seen.size >= 2; }",
+            timeout=JOB_TIMEOUT_MS,
+        )
+        page.click(".btn-cancel")
+        page.wait_for_function(
+            "() => window.proplabelViewer.live.job.status === 'cancelled'", timeout=JOB_TIMEOUT_MS
+        )
+        assert "cancelled" in (page.text_content(".status") or "")
+        assert page.evaluate("() => window.proplabelViewer.revision") == before_cancel
+        _shot(page, artifacts, "11b-cancelled")
 
         # --- submit for review; afterwards the annotator is read-only and told so in words -----------------
         page.click("button.action-submit")

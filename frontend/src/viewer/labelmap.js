@@ -95,7 +95,8 @@ export class Labelmap {
   }
 
   /**
-   * Composite label values of one plane slice (labels with the live layer applied).
+   * Composite label values of one plane slice: on slices the running job delivered, its label takes the
+   * streamed mask's extent (mirrors the server's merge, annotator/services/propagation.merge_label).
    * @param {PlaneName} plane
    * @param {number} index
    * @returns {Uint8Array} (rows, cols)
@@ -114,7 +115,8 @@ export class Labelmap {
       for (let c = 0; c < cols; c++) {
         const i = base + c;
         if (live[i]) {
-          if (out[i] === 0 || out[i] === value || !this.locked.has(out[i])) out[i] = value;
+          // As the server merges: only background may become this label; other labels are never overwritten.
+          if (out[i] === 0) out[i] = value;
         } else if (out[i] === value) {
           out[i] = 0;
         }

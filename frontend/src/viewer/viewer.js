@@ -691,21 +691,20 @@ export class Viewer {
   }
 
   /**
-   * Brush / eraser on the axial slice: the brush writes the active label (never over locked labels);
-   * the eraser clears the active label only.
+   * Brush / eraser on the axial slice. The brush paints background only (other labels are never
+   * overwritten, as in the server's merge of a saved slice); the eraser clears the active label only.
    * @param {any} drag
    * @param {number} y
    * @param {number} x
    */
   paint(drag, y, x) {
     const slice = this.labelmap.axial(drag.z);
-    const locked = this.labelmap.locked;
     for (const i of discPixels(y, x, this.brushRadius, this.shape[1], this.shape[2])) {
       const before = slice[i];
       let after = before;
       if (drag.erase) {
         if (before === drag.value) after = 0;
-      } else if (before === 0 || !locked.has(before)) {
+      } else if (before === 0) {
         after = drag.value;
       }
       if (after !== before) {
