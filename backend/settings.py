@@ -272,6 +272,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A Redis restart must not abort the job in hand: it finishes and writes its row; the message it held comes
+# back after the visibility timeout and its duplicate claim is a no-op. Celery 6 flips the default: pinned here.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
 # --- Channels ---------------------------------------------------------------------------------------------
 if REDIS_URL:
