@@ -240,3 +240,13 @@ def stored_files(settings: Any) -> Callable[[], list[str]]:
         return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
     return collect
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser (e2e) tests run last: Playwright's sync API keeps an event loop running in the main thread
+    after its session, which would make every later asyncio test fail with "cannot be called from a running
+    event loop"."""
+    browser = [item for item in items if item.get_closest_marker("e2e")]
+    if browser:
+        others = [item for item in items if not item.get_closest_marker("e2e")]
+        items[:] = others + browser
