@@ -95,12 +95,20 @@ ALIGNMENT_JS = """([value]) => {
 }"""
 
 
+def _aligned(result: dict[str, Any]) -> bool:
+    inside = result["inside"]
+    return max(result["rects"]) <= 2 and inside is not None and inside > 200 and result["corner"] < 30
+
+
 def _assert_aligned(page: Any, bright_value: int) -> None:
-    page.wait_for_timeout(200)  # let a pending resize and render land
-    result = page.evaluate(ALIGNMENT_JS, [bright_value])
-    assert max(result["rects"]) <= 2, result
-    assert result["inside"] is not None and result["inside"] > 200, result
-    assert result["corner"] < 30, result
+    # Cornerstone3D draws on an animation frame: on a busy machine the new frame can take a while.
+    result: dict[str, Any] = {}
+    for _ in range(25):
+        result = page.evaluate(ALIGNMENT_JS, [bright_value])
+        if _aligned(result):
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError(f"overlay and image disagree: {result}")
 
 
 def _shot(page: Any, artifacts: Path, name: str) -> None:
