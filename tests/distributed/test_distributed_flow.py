@@ -318,6 +318,45 @@ def test_redis_restart_keeps_queued_jobs_and_saved_data(world: World) -> None:
     assert {rid: after.get(rid) for rid in before} == before
 
 
+def test_redis_restart_mid_job_the_job_still_finishes_and_saves(world: World) -> None:
+    stack, client = world.stack, world.annotator
+    assert stack.redis is not None
+    base = current_revision(client, world.case)
+    socket = CaseSocket(stack.web_port, world.case, str(client.token))
+    try:
+        socket.next(lambda event: event["type"] == "state")
+        job = client.post(
+            f"/api/cases/{world.case}/propagations/",
+            {"label": world.label, "prompt": BOX, "base_revision": base},
+            expect=202,
+        ).json()
+        socket.next(lambda event: event["type"] == "slice" and event["job"] == job["id"], 30)
+        stack.redis.restart()
+    finally:
+        socket.close()
+    # The worker keeps running the job (its state is the row, not the broker) and saves it.
+    ended = wait_job(client, job["id"], timeout=90)
+    assert ended["status"] == "succeeded", ended
+    assert ended["attempts"] == 1, "the job was not restarted because of the broker"
+    assert current_revision(client, world.case) == ended["result_revision"]
+    # Live events flow again through the restarted Redis: a reconnecting browser sees the next job stream.
+    socket = CaseSocket(stack.web_port, world.case, str(client.token))
+    try:
+        assert (
+            socket.next(lambda event: event["type"] == "state")["current_revision"]
+            == ended["result_revision"]
+        )
+        follow_up = client.post(
+            f"/api/cases/{world.case}/propagations/",
+            {"label": world.label, "prompt": BOX, "base_revision": ended["result_revision"]},
+            expect=202,
+        ).json()
+        events = socket.job_events(follow_up["id"], until={"job.done", "job.failed"})
+        assert events[-1]["type"] == "job.done" and any(e["type"] == "slice" for e in events)
+    finally:
+        socket.close()
+
+
 def test_web_restart_mid_job_the_browser_reconnects_and_catches_up(world: World) -> None:
     stack, client = world.stack, world.annotator
     assert stack.web is not None
