@@ -3,8 +3,9 @@
 PostgreSQL and Redis run from the Debian binaries, Daphne serves HTTP + WebSocket, two Celery ``gpu`` workers
 and one ``io`` worker consume Redis queues, and this test is an ordinary client (token auth, stdlib HTTP,
 the ``websockets`` package). The tests share one stack and one imported case and run in file order:
-readiness -> import -> prompt/stream/revision/refine/undo -> worker SIGKILLed mid-job -> Redis restart ->
-web restart mid-job -> review -> export (on the io worker) whose label map equals the approved revision.
+readiness -> import -> prompt/stream/revision/refine/undo -> worker SIGKILLed mid-job -> Redis killed with a
+job queued, then restarted mid-job -> web restart mid-job -> review -> export (on the io worker) whose label
+map equals the approved revision -> metrics of all that. About 80 s with the classical engine.
 """
 
 from __future__ import annotations
