@@ -179,9 +179,8 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         grey_before = page.evaluate(MEAN_GREY_JS)
         page.select_option(".wl-preset", "lung")
         page.wait_for_function("document.querySelector('.wl-readout').textContent === 'W 1500 L -600'")
-        page.wait_for_timeout(300)
-        grey_lung = page.evaluate(MEAN_GREY_JS)
-        assert abs(grey_lung - grey_before) > 5, (grey_before, grey_lung)
+        # The image itself changes (waits for Cornerstone3D's next frame).
+        page.wait_for_function(f"(before) => Math.abs(({MEAN_GREY_JS})() - before) > 5", arg=grey_before, timeout=5000)
         box = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         page.mouse.move(cx, cy)
