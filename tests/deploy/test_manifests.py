@@ -394,6 +394,10 @@ def test_compose_references_resolve() -> None:
                 assert source in spec["volumes"], f"{name}: undeclared volume {source}"
             else:
                 assert (DEPLOY / source).exists(), f"{name}: {source} missing"
+    # Nothing that queries the database starts before the schema is migrated.
+    for name in ("web", "worker-gpu", "worker-gpu-cpu", "worker-io"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     # Redis keeps queued jobs across restarts only with its append-only file.
     assert "--appendonly" in services["redis"]["command"]
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "yes"
