@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.live_server import REPO, EmbeddedServer, start_embedded_server
+from tests.e2e.live_server import REPO, SLICE_DELAY, EmbeddedServer, start_embedded_server
 
 CHROMIUM = Path(os.environ.get("PROPLABEL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -25,7 +25,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
-SLICE_DELAY = 0.08
 
 
 def _skip_reason() -> str | None:

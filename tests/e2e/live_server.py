@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 DEMO_PASSWORD = "demo-e2e-password"
+# The browser tests hold each streamed slice this long (seconds) to watch a job in flight and cancel it.
+SLICE_DELAY = 0.08
 
 
 @dataclass
@@ -129,8 +131,15 @@ def start_embedded_server(
     port = port or _free_port()
     server = EmbeddedServer(base_url=f"http://{HOST}:{port}", var_dir=var_dir)
     worker_options = [
-        "-Q", "gpu,io", "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
-        "-l", "INFO",
+        "-Q",
+        "gpu,io",
+        "--pool",
+        "solo",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "INFO",
     ]
     if slice_delay > 0:
         env = {**env, "PROPLABEL_TEST_SLICE_DELAY": str(slice_delay)}
@@ -153,7 +162,10 @@ def start_embedded_server(
 if __name__ == "__main__":
     chosen = int(sys.argv[1]) if len(sys.argv) > 1 else None
     running = start_embedded_server(port=chosen)
-    print(f"PropLabel at {running.base_url}/app/  (annotator / {DEMO_PASSWORD}); var {running.var_dir}", flush=True)
+    print(
+        f"PropLabel at {running.base_url}/app/  (annotator / {DEMO_PASSWORD}); var {running.var_dir}",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below on kill <pid> too
     try:
         signal.pause()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import SLICE_DELAY
+from tests.e2e.live_server import SLICE_DELAY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -180,7 +180,9 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.select_option(".wl-preset", "lung")
         page.wait_for_function("document.querySelector('.wl-readout').textContent === 'W 1500 L -600'")
         # The image itself changes (waits for Cornerstone3D's next frame).
-        page.wait_for_function(f"(before) => Math.abs(({MEAN_GREY_JS})() - before) > 5", arg=grey_before, timeout=5000)
+        page.wait_for_function(
+            f"(before) => Math.abs(({MEAN_GREY_JS})() - before) > 5", arg=grey_before, timeout=5000
+        )
         box = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
         cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
         page.mouse.move(cx, cy)
@@ -239,7 +241,9 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
             "() => { const v = window.proplabelViewer; return {slices: v.live.seen.size, up: v.live.doneUp,"
             " down: v.live.doneDown, revision: v.revision, job: v.live.job.id}; }"
         )
-        first_slice_ms = page.evaluate("() => performance.getEntriesByName('prompt-to-first-slice')[0]?.duration")
+        first_slice_ms = page.evaluate(
+            "() => performance.getEntriesByName('prompt-to-first-slice')[0]?.duration"
+        )
         print(
             f"box prompt: {live['slices']} slices streamed (up {live['up']}, down {live['down']}), revision"
             f" {live['revision']}; prompt -> first slice painted {first_slice_ms:.0f} ms"
@@ -285,12 +289,16 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
 
         # --- undo / redo move along the revision history -----------------------------------------------------
         page.keyboard.press("Control+z")
-        page.wait_for_function("(r) => window.proplabelViewer.revision !== r", arg=after_repropagate, timeout=20_000)
+        page.wait_for_function(
+            "(r) => window.proplabelViewer.revision !== r", arg=after_repropagate, timeout=20_000
+        )
         undone = page.evaluate("() => window.proplabelViewer.revision")
         assert undone == after_click
         _shot(page, artifacts, "08-undo")
         page.keyboard.press("Control+Shift+z")
-        page.wait_for_function("(r) => window.proplabelViewer.revision === r", arg=after_repropagate, timeout=20_000)
+        page.wait_for_function(
+            "(r) => window.proplabelViewer.revision === r", arg=after_repropagate, timeout=20_000
+        )
         _shot(page, artifacts, "09-redo")
 
         # --- sketch-mask prompt for the second label: paint on one slice, Enter ---------------------------------
@@ -313,12 +321,18 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.keyboard.press("d")
         page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, spleen_box["y0"] - 4, spleen_box["x0"]]))
         page.mouse.down()
-        page.mouse.move(*page.evaluate(VOXEL_TO_PAGE_JS, [z, spleen_box["y0"] - 4, spleen_box["x1"]]), steps=6)
+        page.mouse.move(
+            *page.evaluate(VOXEL_TO_PAGE_JS, [z, spleen_box["y0"] - 4, spleen_box["x1"]]), steps=6
+        )
         page.mouse.up()
         assert page.text_content(".btn-save") == "Save*"
         page.keyboard.press("Control+s")
-        page.wait_for_function("(r) => window.proplabelViewer.revision !== r", arg=after_sketch, timeout=20_000)
-        page.wait_for_function("document.querySelector('.status').textContent.startsWith('Saved as revision')")
+        page.wait_for_function(
+            "(r) => window.proplabelViewer.revision !== r", arg=after_sketch, timeout=20_000
+        )
+        page.wait_for_function(
+            "document.querySelector('.status').textContent.startsWith('Saved as revision')"
+        )
         _shot(page, artifacts, "11-brush-saved")
 
         # --- cancel a running propagation: the saved revision stays ---------------------------------------
@@ -338,7 +352,9 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
 
         # --- submit for review; afterwards the annotator is read-only and told so in words -----------------
         page.click("button.action-submit")
-        page.wait_for_function("document.querySelector('.status-badge').textContent === 'Submitted'", timeout=20_000)
+        page.wait_for_function(
+            "document.querySelector('.status-badge').textContent === 'Submitted'", timeout=20_000
+        )
         assert page.is_visible(".banner")
         page.keyboard.press("b")
         assert "Read-only" in (page.text_content(".status") or "")
@@ -371,7 +387,9 @@ def test_reviewer_requests_changes(live_embedded_server: Any, browser: Any, arti
         assert page.is_disabled("button.tool-box")
         _shot(page, artifacts, "20-review-readonly")
         page.click("button.action-start_review")
-        page.wait_for_function("document.querySelector('.status-badge').textContent === 'In review'", timeout=20_000)
+        page.wait_for_function(
+            "document.querySelector('.status-badge').textContent === 'In review'", timeout=20_000
+        )
         page.click("button.action-request_changes")  # without a comment: refused in words
         assert "comment" in (page.text_content(".status") or "")
         page.fill("textarea.comment", "The liver leaks into the body wall on this slice.")
