@@ -301,6 +301,18 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         )
         _shot(page, artifacts, "09-redo")
 
+        # --- a dropped WebSocket reconnects by itself, says so in words, and catches up via `state` ---------
+        page.evaluate("() => window.proplabelViewer.socket.reconnect()")
+        page.wait_for_function(
+            "() => document.querySelector('.status').textContent.startsWith('Live connection lost')",
+            timeout=5000,
+        )
+        page.wait_for_function(
+            "() => document.querySelector('.status').textContent === 'Live connection restored.'",
+            timeout=20_000,
+        )
+        assert page.evaluate("() => window.proplabelViewer.revision") == after_repropagate
+
         # --- sketch-mask prompt for the second label: paint on one slice, Enter ---------------------------------
         spleen = viewer["classes"][1]
         spleen_box = page.evaluate(LABEL_BOX_JS, [spleen["value"], z])
