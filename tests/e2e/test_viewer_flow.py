@@ -367,6 +367,9 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.wait_for_function(
             "document.querySelector('.status-badge').textContent === 'Submitted'", timeout=20_000
         )
+        page.wait_for_function(
+            "document.querySelector('.status').textContent.startsWith('Submit for review: done')"
+        )
         assert page.is_visible(".banner")
         page.keyboard.press("b")
         assert "Read-only" in (page.text_content(".status") or "")

@@ -89,6 +89,7 @@ export class Viewer {
     this.editable = false;
     this.workflow = { status: '', allowed_actions: [], may_edit_labels: false, relations: [] };
     this.drawQueued = false;
+    this.saving = false;
     this.ready = false;
     this.destroyed = false;
     /** @type {CaseSocket | null} */
@@ -347,12 +348,16 @@ export class Viewer {
         return;
       }
     }
-    if (seq !== this.revisionSeq || this.destroyed) return; // a newer load won
+    if (seq !== this.revisionSeq || this.destroyed) return; // a newer load (or a save) won
     this.labelmap.setLabels(data);
     this.labelmap.clearLive();
     this.revision = revisionId ?? null;
     this.live.currentRevision = this.revision;
-    this.undo.clear();
+    if (this.undo.canUndo) {
+      // Someone else changed the case while we had unsaved strokes: keep them on top of the new revision.
+      for (const stroke of this.undo.done) applyStroke(this.labelmap.labels, this.labelmap.sliceSize, stroke, 'after');
+      this.setStatus('The case changed on the server; your unsaved brush strokes were kept on top of the new revision.');
+    }
     this.updateVolumes();
     this.updateToolbar();
     this.scheduleDraw();
@@ -393,6 +398,8 @@ export class Viewer {
           this.labelmap.clearLive();
           break;
         case 'load-revision':
+          // Our own save announces its revisions too: save() settles the state itself.
+          if (this.saving) break;
           if (action.revision !== this.revision || this.labelmap.liveValue) this.loadRevision(action.revision);
           break;
         case 'status':
@@ -1031,6 +1038,7 @@ export class Viewer {
       if (!byLabel.has(value)) byLabel.set(value, new Set());
       for (const patch of stroke.patches) byLabel.get(value)?.add(patch.z);
     }
+    this.saving = true;
     try {
       let last = null;
       for (const [value, slices] of byLabel) {
@@ -1044,10 +1052,13 @@ export class Viewer {
         this.live.currentRevision = last.id;
       }
       this.undo.clear();
+      this.revisionSeq++; // a revision load started before the save would show stale labels: drop it
       this.updateToolbar();
       this.setStatus(`Saved as revision ${last?.number ?? ''}.`, 'ok');
     } catch (error) {
       this.handleWriteError(error);
+    } finally {
+      this.saving = false;
     }
   }
 
