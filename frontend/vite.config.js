@@ -17,7 +17,7 @@ export default defineConfig({
   },
   worker: { format: 'es' },
   test: {
-    include: ['src/**/*.test.js', 'test/**/*.test.js'],
+    include: ['src/**/*.test.js'],
     environment: 'node',
   },
 });

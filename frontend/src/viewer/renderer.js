@@ -154,14 +154,24 @@ export class ImageRenderer {
   }
 
   /**
-   * Zoom by a factor about the viewport centre.
+   * Zoom by a factor, keeping the image point under `at` (CSS px) where it is (default: the centre).
    * @param {PlaneName} plane
    * @param {number} factor > 1 zooms in
+   * @param {[number, number]} [at]
    */
-  zoom(plane, factor) {
+  zoom(plane, factor, at) {
     const vp = this.viewport(plane);
+    const before = at ? vp.canvasToWorld(at) : null;
     const { parallelScale } = vp.getCamera();
     vp.setCamera({ parallelScale: Math.min(1e4, Math.max(1, parallelScale / factor)) });
+    if (!at || !before) return;
+    const after = vp.canvasToWorld(at);
+    const camera = vp.getCamera();
+    const shift = [0, 1, 2].map((i) => before[i] - after[i]);
+    vp.setCamera({
+      focalPoint: camera.focalPoint.map((/** @type {number} */ v, /** @type {number} */ i) => v + shift[i]),
+      position: camera.position.map((/** @type {number} */ v, /** @type {number} */ i) => v + shift[i]),
+    });
   }
 
   /**

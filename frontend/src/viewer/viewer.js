@@ -476,7 +476,7 @@ export class Viewer {
       if (!this.ready) return;
       e.preventDefault();
       if (e.ctrlKey || e.metaKey) {
-        this.renderer.zoom(plane, e.deltaY < 0 ? 1.15 : 1 / 1.15);
+        this.renderer.zoom(plane, e.deltaY < 0 ? 1.15 : 1 / 1.15, point(e));
       } else {
         this.scroll(plane, e.deltaY > 0 ? 1 : -1);
       }
