@@ -7,6 +7,7 @@ import { api, ApiError, downloadBinary, DTYPES } from '../api.js';
 import { boxFromCorners, clampVoxel, discPixels, planeSize } from '../coords.js';
 import { LiveState } from '../live.js';
 import { encodeLabel } from '../maskcodec.js';
+import { boundsFromMarkers, editedSlicesByLabel } from '../prompts.js';
 import { applyStroke, StrokeRecorder, UndoStack } from '../undo.js';
 import { defaultWindow, dragWindow, PRESETS } from '../windowing.js';
 import { CaseSocket, socketUrl } from '../ws.js';
@@ -878,30 +879,19 @@ export class Viewer {
   }
 
   /**
-   * z_min / z_max from the top/bottom markers. "Top" is the boundary drawn higher on the coronal view,
-   * whichever z direction that is for this volume. Null (and a message) when the prompt lies outside.
+   * z_min / z_max for a prompt on `promptZ` from the top/bottom markers; null (and a message) if outside.
    * @param {number} promptZ
    * @returns {{z_min?: number, z_max?: number} | null}
    */
   boundsFromMarkers(promptZ) {
-    const { top, bottom } = this.markers;
-    if (top === null && bottom === null) return {};
     const last = this.shape[0] - 1;
     const upIsHighZ = this.renderer.voxelToCanvas('coronal', [last, 0, 0])[1] < this.renderer.voxelToCanvas('coronal', [0, 0, 0])[1];
-    const high = upIsHighZ ? top : bottom;
-    const low = upIsHighZ ? bottom : top;
-    /** @type {{z_min?: number, z_max?: number}} */
-    const bounds = {};
-    if (low !== null) bounds.z_min = low;
-    if (high !== null) bounds.z_max = high;
-    if (bounds.z_min !== undefined && bounds.z_max !== undefined && bounds.z_min > bounds.z_max) {
-      [bounds.z_min, bounds.z_max] = [bounds.z_max, bounds.z_min];
-    }
-    if ((bounds.z_min ?? 0) > promptZ || (bounds.z_max ?? last) < promptZ) {
-      this.setStatus(`The prompt on slice ${promptZ + 1} lies outside the top/bottom boundaries: move a boundary (T / Y toggles it) first.`, 'error');
+    const result = boundsFromMarkers(this.markers, upIsHighZ, promptZ, this.shape[0]);
+    if ('error' in result) {
+      this.setStatus(result.error, 'error');
       return null;
     }
-    return bounds;
+    return result.bounds;
   }
 
   propagateCurrent() {
@@ -1031,19 +1021,13 @@ export class Viewer {
       this.setStatus('Read-only: these edits cannot be saved on this case now.', 'error');
       return;
     }
-    /** @type {Map<number, Set<number>>} label value -> slices */
-    const byLabel = new Map();
-    for (const stroke of this.undo.done) {
-      const value = /** @type {any} */ (stroke).value;
-      if (!byLabel.has(value)) byLabel.set(value, new Set());
-      for (const patch of stroke.patches) byLabel.get(value)?.add(patch.z);
-    }
+    const byLabel = editedSlicesByLabel(/** @type {any[]} */ (this.undo.done));
     this.saving = true;
     try {
       let last = null;
       for (const [value, slices] of byLabel) {
         const labelClass = this.classes.find((c) => c.value === value);
-        const edited_slices = [...slices].sort((a, b) => a - b).map((z) => ({ z, rle: encodeLabel(this.labelmap.axial(z), value) }));
+        const edited_slices = slices.map((z) => ({ z, rle: encodeLabel(this.labelmap.axial(z), value) }));
         last = await api(`/api/cases/${this.caseId}/revisions/`, {
           method: 'POST',
           body: { label: labelClass.id, base_revision: this.revision, edited_slices },
