@@ -325,12 +325,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"phase: {count} gpu worker(s) ...", flush=True)
             results.append(run_phase(stack, annotators, count, args.rounds, args.phase_timeout))
         problems = check_revisions(annotators, results)
+        # channels_redis drops a message for a browser whose channel is full, and says so at INFO.
+        dropped = sum(
+            log.read_text(errors="replace").count("over capacity in group")
+            for log in (stack.root / "logs").glob("*.log")
+        )
         report(results, args.annotators, args.rounds, args.slice_delay, args.engine)
         errors = [e for r in results for e in r.errors] + problems
         failed_jobs = [j for r in results for j in r.jobs if j["type"] != "job.done"]
         print()
         print(f"checks: HTTP/session errors {sum(len(r.errors) for r in results)}, failed jobs {len(failed_jobs)}, "
-              f"lost revisions {len(problems)}")  # fmt: skip
+              f"lost revisions {len(problems)}, WebSocket messages dropped for a full channel {dropped}")  # fmt: skip
         for line in errors[:20]:
             print("  ", line)
         return 1 if errors or failed_jobs else 0
