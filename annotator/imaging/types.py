@@ -7,6 +7,7 @@ Geometry contract (docs/ARCHITECTURE.md): arrays are ``(Z, Y, X)`` in C order, `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,12 +41,16 @@ class VolumeImportError(Exception):
     ``"single_2d_image"``, ``"four_d"``, ``"non_finite"``, ``"too_large"``, ``"zip_path_traversal"``,
     ``"zip_bomb"``, ``"gantry_tilt"``, ``"irregular_spacing"``, ``"label_grid_mismatch"``,
     ``"label_unknown_values"`` (full list: ``ERROR_CODES``).
+
+    ``file_errors`` lists every file (or series, or archive) that failed when the error stands for a whole
+    upload none of whose files could be read (``read_upload``); it is empty otherwise.
     """
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, code: str, file_errors: Sequence[FileError] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.file_errors: list[FileError] = list(file_errors)
 
     def __repr__(self) -> str:
         return f"VolumeImportError(code={self.code!r}, message={self.message!r})"

@@ -101,7 +101,8 @@ def read_upload(
         volumes), and one FileError per file / series / archive that could not be imported.
     Raises:
         VolumeImportError: ``too_large`` when the upload exceeds ``max_upload_bytes``; ``nothing_to_import``
-            for an empty upload; otherwise the most relevant per-file error when no volume could be read.
+            for an empty upload; otherwise, when no volume could be read, the most relevant per-file error
+            with every per-file error in its ``file_errors``.
     """
     tracker = _Progress(progress)
     paths = [Path(path) for path in paths]
@@ -199,7 +200,7 @@ def read_upload(
         first = _most_relevant(errors)
         others = len(errors) - 1
         suffix = f" ({others} other file{'s' if others != 1 else ''} also failed.)" if others else ""
-        raise VolumeImportError(first.message + suffix, first.code)
+        raise VolumeImportError(first.message + suffix, first.code, file_errors=errors)
     return UploadResult(volumes=volumes, errors=errors)
 
 

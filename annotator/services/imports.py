@@ -24,7 +24,14 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from annotator.imaging import ImportLimits, LoadedVolume, VolumeImportError, align_label, read_upload
+from annotator.imaging import (
+    FileError,
+    ImportLimits,
+    LoadedVolume,
+    VolumeImportError,
+    align_label,
+    read_upload,
+)
 from annotator.models import Case, ImportJob, ImportStatus, Project
 from annotator.services import audit, cases, storage
 from annotator.services.access import AnyUser
@@ -326,7 +333,7 @@ class _PathScrubber:
             message = message.replace(root + "/", "").replace(root, "")
         return message
 
-    def file_error(self, error: Any) -> dict[str, str]:
+    def file_error(self, error: FileError) -> dict[str, str]:
         return {"name": self(error.name), "message": self(error.message), "code": error.code}
 
 
@@ -341,8 +348,8 @@ def _import(job: ImportJob, work_dir: Path) -> None:
             image_paths, work_dir, import_limits(), progress=progress.scaled(0.0, _READ_SHARE)
         )
     except VolumeImportError as exc:
-        # Per-file reasons, when the imaging layer attaches them to the exception.
-        details = [scrub.file_error(error) for error in getattr(exc, "file_errors", None) or []]
+        # When no file was usable the imaging layer attaches every per-file reason to the exception.
+        details = [scrub.file_error(error) for error in exc.file_errors]
         _finish(job, ImportStatus.FAILED, error=scrub(exc.message), error_code=exc.code, file_errors=details)
         return
     file_errors = [scrub.file_error(error) for error in result.errors]

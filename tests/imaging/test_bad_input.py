@@ -157,6 +157,26 @@ def test_good_nifti_imports_although_another_file_of_the_upload_is_bad(tmp_path,
     assert [(error.name, error.code) for error in result.errors] == [("bad.nii.gz", "corrupt_file")]
 
 
+def test_upload_where_every_file_is_bad_names_each_failed_file(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("patient notes, not an image\n" * 20)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b garbage")
+    error = _import_error([notes, broken], tmp_path / "work")
+    assert "1 other file also failed" in error.message
+    assert {(item.name, item.code) for item in error.file_errors} == {
+        ("notes.txt", "not_an_image"),
+        ("broken.nii.gz", "corrupt_file"),
+    }
+
+
+def test_refusal_of_the_whole_upload_lists_no_file_errors(tmp_path, write_nifti):
+    path = write_nifti(tmp_path / "big.nii.gz", np.ones((8, 8, 6), dtype=np.int16))
+    error = _import_error([path], tmp_path / "work", ImportLimits(max_upload_bytes=10))
+    assert error.code == "too_large"
+    assert error.file_errors == []
+
+
 class TestLabelFiles:
     @pytest.fixture
     def volume(self, tmp_path, write_nifti):

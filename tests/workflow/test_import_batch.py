@@ -56,11 +56,6 @@ def test_several_files_import_with_live_progress_and_per_file_errors(
     assert running == sorted(running) and 0 < running[0] < 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="annotator.imaging.read_upload raises one VolumeImportError when no file is readable, so the "
-    "failed ImportJob's file_errors stays empty (only the first reason + 'N other files also failed')",
-)
 def test_an_upload_where_every_file_is_bad_fails_and_names_them(
     team, api_client, django_capture_on_commit_callbacks
 ):
