@@ -15,7 +15,7 @@ from typing import Any
 from celery import Task, current_app, shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from annotator.services import propagation
+from annotator.services import heartbeats, propagation
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +35,17 @@ def run_propagation(self: Task, job_id: int) -> str:
     return propagation.run_job(int(job_id), worker)
 
 
-def _consumes_gpu_queue(app: Any) -> bool:
+def consumes_queue(app: Any, queue: str) -> bool:
+    """Whether this worker consumes ``queue`` (unknown: assume it does)."""
     try:
         queues = app.amqp.queues.consume_from or app.amqp.queues
-        return "gpu" in queues
+        return queue in queues
     except AttributeError:
         return True
+
+
+def _consumes_gpu_queue(app: Any) -> bool:
+    return consumes_queue(app, "gpu")
 
 
 @worker_process_init.connect
@@ -62,7 +67,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     if sender is not None and not _consumes_gpu_queue(sender.app):
         return
     if _sweeper is None:
-        _sweeper = propagation.Sweeper(interval=max(0.5, propagation.stale_seconds() / 4))
+        _sweeper = propagation.Sweeper(interval=heartbeats.sweep_interval())
         _sweeper.start()
 
 

@@ -5,6 +5,8 @@ ExportJob and enqueues ``annotator.tasks.run_export`` on the ``io`` queue after 
 (worker) claims the job with a conditional update (queued -> running), loads the cases one at a time into
 ``annotator.exporting.ExportCase`` values for the pure writers, reports progress on the row, and streams the
 ZIP to a file in media storage. A failure leaves no ZIP and no work folder behind, and the job says why.
+While it runs the worker refreshes ``heartbeat_at``; ``sweep_stale_exports`` (run by io workers and on status
+reads) queues an export whose worker died once more, then fails it (an export only writes when it ends).
 
 Which labels are exported: for an approved case the revision its latest approval approved (the workflow
 records it on the ``case.approved`` audit event), even if a late propagation result landed afterwards; for
@@ -53,7 +55,7 @@ from annotator.models import (
     Role,
     SegmentationRevision,
 )
-from annotator.services import audit, cases, revisions, storage
+from annotator.services import audit, cases, heartbeats, revisions, storage
 from annotator.services.access import AnyUser
 from annotator.services.errors import Conflict, InvalidInput, NotFound
 
@@ -187,6 +189,8 @@ def get_export_job(user: AnyUser, job_id: int) -> ExportJob:
     managed = Membership.objects.filter(user_id=getattr(user, "pk", None), role=Role.MANAGER).values(
         "project"
     )
+    # Cheap when nothing is stale; makes a dead worker visible even when no io worker is alive.
+    sweep_stale_exports()
     job = ExportJob.objects.filter(pk=job_id, project_id__in=managed).select_related("project").first()
     if job is None:
         raise NotFound("Export job not found.", code="not_found")
@@ -226,7 +230,7 @@ class _Progress:
             return
         self.last_value, self.last_time = fraction, now
         ExportJob.objects.filter(pk=self.job_id, status=ExportStatus.RUNNING).update(
-            progress=round(fraction, 4)
+            progress=round(fraction, 4), heartbeat_at=timezone.now()
         )
 
     def scaled(self, start: float, end: float) -> Callable[[float], None]:
@@ -235,9 +239,14 @@ class _Progress:
 
 def _claim(job_id: int) -> bool:
     # Conditional update: of two workers handed the same message only one moves queued -> running.
+    now = timezone.now()
     return (
         ExportJob.objects.filter(pk=job_id, status=ExportStatus.QUEUED).update(
-            status=ExportStatus.RUNNING, started_at=timezone.now(), attempts=F("attempts") + 1, progress=0.0
+            status=ExportStatus.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=F("attempts") + 1,
+            progress=0.0,
         )
         == 1
     )
@@ -448,6 +457,9 @@ def run_export_job(job_id: int) -> None:
         logger.info("export job %s is not queued any more; nothing to do", job_id)
         return
     job = ExportJob.objects.select_related("project", "created_by").get(pk=job_id)
+    heartbeat = heartbeats.start_row_heartbeat(
+        ExportJob.objects.filter(pk=job_id, status=ExportStatus.RUNNING), f"export-{job_id}-heartbeat"
+    )
     progress = _Progress(job.pk)
     work_root = Path(settings.VAR_DIR) / "work"
     work_root.mkdir(parents=True, exist_ok=True)
@@ -478,6 +490,8 @@ def run_export_job(job_id: int) -> None:
             job, ExportStatus.FAILED, error=f"The export failed unexpectedly ({type(exc).__name__}).", file=""
         )
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -495,3 +509,46 @@ def delete_export_job(actor: AnyUser, job: ExportJob) -> None:
         audit.record(actor, "export.deleted", project=job.project, obj=job, data={"format": job.format})
         job.delete()
     transaction.on_commit(lambda: _discard(name))
+
+
+# --- exports whose worker died ----------------------------------------------------------------------------
+
+WORKER_LOST_MESSAGE = "The worker stopped while exporting; export again."
+
+
+def _requeued(job: ExportJob) -> None:
+    logger.warning("export job %s lost its worker; queued once more", job.pk)
+    transaction.on_commit(lambda: enqueue_export(job.pk))
+
+
+def _failed(job: ExportJob) -> None:
+    audit.record(
+        job.created_by,
+        "export.failed",
+        project=job.project,
+        obj=job,
+        data={"format": job.format, "error": job.error, "cases": 0, "bytes": 0},
+    )
+
+
+def sweep_stale_exports() -> dict[str, list[int]]:
+    """Queue once more (or, the second time, fail) running exports whose worker stopped beating."""
+    swept = heartbeats.sweep_stale(
+        ExportJob,
+        running=ExportStatus.RUNNING,
+        requeue=lambda job: {
+            "status": ExportStatus.QUEUED,
+            "heartbeat_at": None,
+            "progress": 0.0,
+            "error": "The worker stopped while exporting; trying once more.",
+        },
+        fail=lambda job: {
+            "status": ExportStatus.FAILED,
+            "error": WORKER_LOST_MESSAGE,
+            "file": "",
+            "finished_at": timezone.now(),
+        },
+        after_requeue=_requeued,
+        after_fail=_failed,
+    )
+    return {"retried": swept.retried, "failed": swept.failed}

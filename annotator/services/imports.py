@@ -4,6 +4,10 @@
 ``annotator.tasks.run_import`` on the ``io`` queue after commit. ``run_import_job`` (worker) claims the job
 with a conditional update, reads the upload with ``annotator.imaging.read_upload`` while reporting progress
 on the row, and creates one case per volume: each case all or nothing, bad files listed per file.
+
+While it runs the worker refreshes ``heartbeat_at``; ``sweep_stale_imports`` (run by io workers and on
+status reads) queues an import whose worker died once more, then fails it. A repeated run skips the volumes
+an earlier attempt already turned into cases, so nothing is imported twice and nothing saved is lost.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from annotator.imaging import (
     read_upload,
 )
 from annotator.models import Case, ImportJob, ImportStatus, Project
-from annotator.services import audit, cases, storage
+from annotator.services import audit, cases, heartbeats, storage
 from annotator.services.access import AnyUser
 from annotator.services.errors import InvalidInput, NotFound, TooLarge
 
@@ -188,6 +192,8 @@ def enqueue_import(job_id: int) -> None:
 
 
 def get_import_job(project_ids: Any, job_id: int) -> ImportJob:
+    # Cheap when nothing is stale; makes a dead worker visible even when no io worker is alive.
+    sweep_stale_imports()
     job = ImportJob.objects.filter(pk=job_id, project_id__in=project_ids).select_related("project").first()
     if job is None:
         raise NotFound("Import job not found.", code="not_found")
@@ -214,7 +220,7 @@ class _ProgressWriter:
             return
         self.last_written, self.last_time = fraction, now
         ImportJob.objects.filter(pk=self.job_id, status=ImportStatus.RUNNING).update(
-            progress=round(fraction, 4)
+            progress=round(fraction, 4), heartbeat_at=timezone.now()
         )
 
     def scaled(self, start: float, end: float) -> Callable[[float], None]:
@@ -223,8 +229,13 @@ class _ProgressWriter:
 
 def _claim(job_id: int) -> bool:
     # A conditional update is atomic in every database: of two workers handed the same message, one wins.
+    now = timezone.now()
     claimed = ImportJob.objects.filter(pk=job_id, status=ImportStatus.QUEUED).update(
-        status=ImportStatus.RUNNING, started_at=timezone.now(), attempts=F("attempts") + 1
+        status=ImportStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
+        progress=0.0,
     )
     return claimed == 1
 
@@ -298,6 +309,9 @@ def run_import_job(job_id: int) -> None:
         logger.info("import job %s is not queued any more; nothing to do", job_id)
         return
     job = ImportJob.objects.select_related("project", "created_by").get(pk=job_id)
+    heartbeat = heartbeats.start_row_heartbeat(
+        ImportJob.objects.filter(pk=job_id, status=ImportStatus.RUNNING), f"import-{job_id}-heartbeat"
+    )
     work_dir = Path(tempfile.mkdtemp(prefix=f"import-{job.pk}-", dir=_work_root()))
     try:
         _import(job, work_dir)
@@ -310,6 +324,8 @@ def run_import_job(job_id: int) -> None:
             error_code="internal_error",
         )
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
         # The originals are not kept: DICOM files a case needs were copied to sources/ by then.
         storage.delete_folder(job.upload_dir)
@@ -365,7 +381,17 @@ def _import(job: ImportJob, work_dir: Path) -> None:
 
     created: list[Case] = []
     warnings: list[str] = []
+    # Cases an earlier attempt of this job saved before its worker died: read_upload returns the volumes in
+    # the same order every time, so the first N volumes of a name are the N cases already there.
+    earlier: dict[str, list[Case]] = {}
+    for case in job.cases.order_by("pk"):
+        earlier.setdefault(case.name, []).append(case)
     for index, loaded in enumerate(result.volumes):
+        saved = earlier.get(loaded.name[:255])
+        if saved:
+            created.append(saved.pop(0))
+            warnings.extend(f"{loaded.name}: {warning}" for warning in loaded.warnings)
+            continue
         try:
             label = _read_label(job, label_path, loaded) if label_path is not None else None
             case = cases.create_case_with_volume(
@@ -399,3 +425,69 @@ def _import(job: ImportJob, work_dir: Path) -> None:
             error_code=file_errors[0]["code"],
             file_errors=file_errors,
         )
+
+
+# --- imports whose worker died ----------------------------------------------------------------------------
+
+WORKER_LOST_MESSAGE = "The worker stopped while importing; upload again."
+
+
+def _requeued(job: ImportJob) -> None:
+    logger.warning("import job %s lost its worker; queued once more", job.pk)
+    transaction.on_commit(lambda: enqueue_import(job.pk))
+
+
+def _failed_fields(job: ImportJob) -> dict[str, Any]:
+    saved = job.cases.count()
+    if saved:
+        message = (
+            f"The worker stopped while importing; {saved} case{'s were' if saved != 1 else ' was'} imported, "
+            "upload the remaining files again."
+        )
+        status = ImportStatus.PARTIAL
+    else:
+        message, status = WORKER_LOST_MESSAGE, ImportStatus.FAILED
+    return {
+        "status": status,
+        "error": message,
+        "error_code": "worker_lost",
+        "progress": 1.0,
+        "finished_at": timezone.now(),
+    }
+
+
+def _failed(job: ImportJob) -> None:
+    audit.record(
+        job.created_by,
+        f"import.{job.status}",
+        project=job.project,
+        obj=job,
+        data={
+            "error": job.error,
+            "code": job.error_code,
+            "cases": list(job.cases.values_list("pk", flat=True)),
+        },
+    )
+    upload_dir = job.upload_dir
+    transaction.on_commit(lambda: storage.delete_folder(upload_dir))
+
+
+def sweep_stale_imports() -> dict[str, list[int]]:
+    """Queue once more (or, the second time, fail) running imports whose worker stopped beating.
+
+    Cases the dead worker already saved stay; a repeated run skips them, and a failed job lists them.
+    """
+    swept = heartbeats.sweep_stale(
+        ImportJob,
+        running=ImportStatus.RUNNING,
+        requeue=lambda job: {
+            "status": ImportStatus.QUEUED,
+            "heartbeat_at": None,
+            "error": "The worker stopped while importing; trying once more.",
+            "error_code": "worker_lost",
+        },
+        fail=_failed_fields,
+        after_requeue=_requeued,
+        after_fail=_failed,
+    )
+    return {"retried": swept.retried, "failed": swept.failed}

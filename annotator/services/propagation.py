@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -58,32 +58,15 @@ from annotator.models import (
     RevisionSource,
     SegmentationRevision,
 )
-from annotator.services import access, audit, cases, live_state, revisions, storage, workflow
+from annotator.services import access, audit, cases, heartbeats, live_state, revisions, storage, workflow
 from annotator.services.access import AnyUser
 from annotator.services.errors import Conflict, Forbidden, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
 
-def _setting(name: str, default: float) -> float:
-    """A tunable from Django settings, else from the environment (workers and tests set it there)."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name, default)
-    return float(value)
-
-
 def jobs_per_user() -> int:
     return max(1, int(_setting("PROPLABEL_JOBS_PER_USER", 1)))
-
-
-def heartbeat_seconds() -> float:
-    return _setting("PROPLABEL_JOB_HEARTBEAT_SECONDS", 1.0)
-
-
-def stale_seconds() -> float:
-    """A running job whose heartbeat is older than this has lost its worker."""
-    return _setting("PROPLABEL_JOB_STALE_SECONDS", 20.0)
 
 
 def redispatch_seconds() -> float:
@@ -91,8 +74,11 @@ def redispatch_seconds() -> float:
     return _setting("PROPLABEL_JOB_REDISPATCH_SECONDS", 120.0)
 
 
-MAX_ATTEMPTS = 2
-"""A job whose worker is lost is retried once; the second loss fails it."""
+MAX_ATTEMPTS = heartbeats.MAX_ATTEMPTS
+# Re-exported: workers and tests tune the shared heartbeat through these names.
+heartbeat_seconds = heartbeats.heartbeat_seconds
+stale_seconds = heartbeats.stale_seconds
+_setting = heartbeats._setting
 
 EDITABLE_STATUSES = (CaseStatus.NEW, CaseStatus.IN_PROGRESS, CaseStatus.CHANGES_REQUESTED)
 """Statuses in which the case belongs to its annotator (outside them, a refusal is a 409, not a 403)."""
@@ -687,35 +673,22 @@ class JobStopped(Exception):
     """The job was cancelled, superseded or taken away from this worker; it must not write anything."""
 
 
-class _Heartbeat(threading.Thread):
+class _Heartbeat(heartbeats.Heartbeat):
     """Refreshes ``heartbeat_at`` and progress while the job runs, independent of how long a slice takes."""
 
     def __init__(self, job_id: int, worker: str) -> None:
-        super().__init__(name=f"job-{job_id}-heartbeat", daemon=True)
+        super().__init__(name=f"job-{job_id}-heartbeat")
         self.job_id = job_id
         self.worker = worker
         self.slices_done = 0
         self.progress = 0.0
-        self._stop_event = threading.Event()
 
-    def run(self) -> None:
-        try:
-            while not self._stop_event.wait(heartbeat_seconds()):
-                PropagationJob.objects.filter(
-                    pk=self.job_id, status=JobStatus.RUNNING, worker=self.worker
-                ).update(
-                    heartbeat_at=timezone.now(),
-                    slices_done=self.slices_done,
-                    progress=min(self.progress, 0.99),
-                )
-        except Exception:
-            logger.exception("heartbeat of job %s failed", self.job_id)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+    def beat(self) -> None:
+        PropagationJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING, worker=self.worker).update(
+            heartbeat_at=timezone.now(),
+            slices_done=self.slices_done,
+            progress=min(self.progress, 0.99),
+        )
 
 
 def _claim(job_id: int, worker: str) -> bool:
@@ -1011,39 +984,44 @@ def run_job(job_id: int, worker: str) -> str:
     return str(status)
 
 
+def _lost_worker_reason(job: PropagationJob) -> str:
+    return f"worker {job.worker or '?'} stopped responding (attempt {job.attempts} of {MAX_ATTEMPTS})"
+
+
+def _requeued_after_lost_worker(job: PropagationJob) -> None:
+    events.job_retrying(job.case_id, job_payload(job), job.error)
+    live_state.discard(job.pk)
+
+
+def _failed_after_lost_worker(job: PropagationJob) -> None:
+    events.job_failed(job.case_id, job_payload(job), job.error)
+    live_state.discard(job.pk)
+
+
 def sweep_stale_jobs() -> dict[str, list[int]]:
     """Retry (once) or fail running jobs whose worker stopped beating; re-send lost dispatch messages."""
     now = timezone.now()
-    result: dict[str, list[int]] = {"retried": [], "failed": [], "redispatched": []}
-    stale_before = now - timedelta(seconds=stale_seconds())
-    for job in PropagationJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=stale_before):
-        with transaction.atomic():
-            row = PropagationJob.objects.filter(
-                pk=job.pk, status=JobStatus.RUNNING, heartbeat_at=job.heartbeat_at
-            )
-            reason = (
-                f"worker {job.worker or '?'} stopped responding (attempt {job.attempts} of {MAX_ATTEMPTS})"
-            )
-            if job.attempts < MAX_ATTEMPTS:
-                if not row.update(
-                    status=JobStatus.QUEUED,
-                    claimed_at=None,
-                    worker="",
-                    error=reason,
-                    heartbeat_at=None,
-                    cancel_requested=False,
-                ):
-                    continue
-                job.refresh_from_db()
-                events.job_retrying(job.case_id, job_payload(job), reason)
-                result["retried"].append(job.pk)
-            else:
-                if not row.update(status=JobStatus.FAILED, error=f"{reason}; giving up", finished_at=now):
-                    continue
-                job.refresh_from_db()
-                events.job_failed(job.case_id, job_payload(job), job.error)
-                result["failed"].append(job.pk)
-        live_state.discard(job.pk)
+    swept = heartbeats.sweep_stale(
+        PropagationJob,
+        running=JobStatus.RUNNING,
+        requeue=lambda job: {
+            "status": JobStatus.QUEUED,
+            "claimed_at": None,
+            "worker": "",
+            "error": _lost_worker_reason(job),
+            "heartbeat_at": None,
+            "cancel_requested": False,
+        },
+        fail=lambda job: {
+            "status": JobStatus.FAILED,
+            "error": f"{_lost_worker_reason(job)}; giving up",
+            "finished_at": now,
+        },
+        after_requeue=_requeued_after_lost_worker,
+        after_fail=_failed_after_lost_worker,
+        max_attempts=MAX_ATTEMPTS,
+    )
+    result: dict[str, list[int]] = {"retried": swept.retried, "failed": swept.failed, "redispatched": []}
     lost_before = now - timedelta(seconds=redispatch_seconds())
     for job_id in PropagationJob.objects.filter(
         status=JobStatus.QUEUED, claimed_at__lt=lost_before
@@ -1059,23 +1037,8 @@ def sweep_stale_jobs() -> dict[str, list[int]]:
     return result
 
 
-class Sweeper(threading.Thread):
+class Sweeper(heartbeats.PeriodicSweeper):
     """Runs ``sweep_stale_jobs`` every few seconds in a worker process (started by live_tasks)."""
 
     def __init__(self, interval: float) -> None:
-        super().__init__(name="propagation-sweeper", daemon=True)
-        self.interval = interval
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            try:
-                close_old_connections()
-                swept = sweep_stale_jobs()
-                if any(swept.values()):
-                    logger.warning("propagation sweep: %s", swept)
-            except Exception:
-                logger.exception("propagation sweep failed")
-
-    def stop(self) -> None:
-        self._stop_event.set()
+        super().__init__("propagation-sweeper", sweep_stale_jobs, interval)
