@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / Redoc files served locally: /api/docs/ works offline
     "channels",
     "annotator",
 ]
@@ -225,6 +226,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "3D medical annotation with slice-by-slice propagation (see docs/ARCHITECTURE.md).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page loads Swagger UI from our own static files (drf-spectacular-sidecar), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Several models have a `status` field with different choices: give each enum a stable name.
     "ENUM_NAME_OVERRIDES": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -88,6 +90,22 @@ def test_the_api_is_documented(team, api_client, url):
     response = api_client(team.annotator).get(url)
 
     assert response.status_code == 200
+
+
+def test_the_api_docs_page_loads_its_assets_from_this_server_so_it_works_offline(team, client):
+    client.force_login(team.annotator)
+    html = client.get("/api/docs/").content.decode()
+
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+    assert any(url.endswith("swagger-ui-bundle.js") for url in assets), assets
+    outside = [url for url in assets if not url.startswith("/") or url.startswith("//")]
+    assert outside == [], outside
+    assert "cdn" not in html.lower() and "https://" not in html and "http://" not in html
+    for url in assets:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        if hasattr(response, "streaming_content"):
+            b"".join(response.streaming_content)
 
 
 def test_the_schema_generates_without_warnings(db):
