@@ -13,14 +13,18 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from annotator.observability import track_websockets  # noqa: E402
 from annotator.routing import websocket_urlpatterns  # noqa: E402
 from backend.ws_auth import TokenAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        # Counted outermost so refused connections show in the active-WebSockets gauge too.
+        "websocket": track_websockets(
+            AllowedHostsOriginValidator(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            )
         ),
     }
 )

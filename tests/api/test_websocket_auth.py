@@ -58,3 +58,18 @@ async def test_a_foreign_origin_is_refused_even_with_a_token(in_memory_layer, an
     case, token = annotator_case
 
     assert not await _connects(f"/ws/cases/{case.pk}/?token={token}", [(b"origin", b"https://evil.example")])
+
+
+async def test_open_case_sockets_show_in_the_active_websockets_metric(in_memory_layer, annotator_case):
+    from annotator import observability
+    from backend.asgi import application
+
+    case, token = annotator_case
+    before = observability.ACTIVE_WEBSOCKETS._value.get()
+    communicator = WebsocketCommunicator(application, f"/ws/cases/{case.pk}/?token={token}", headers=[ORIGIN])
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    assert observability.ACTIVE_WEBSOCKETS._value.get() == before + 1
+    await communicator.disconnect()
+    await sync_to_async(connections.close_all)()
+    assert observability.ACTIVE_WEBSOCKETS._value.get() == before
