@@ -331,7 +331,50 @@ def start_refinement(user: AnyUser, case_id: int, data: dict[str, Any]) -> Propa
         "clicks": clicks,
         "edited_slices": [{"z": z, "rle": encode_rle(mask)} for z, mask in sorted(edited.items())],
     }
-    return _create_job(target, user, PropagationKind.REFINE, prompt, {}, data.get("base_revision"))
+    corrected_z = {click["z"] for click in clicks} | set(edited)
+    options = refinement_anchor(target.case, target.label.value, corrected_z)
+    return _create_job(target, user, PropagationKind.REFINE, prompt, options, data.get("base_revision"))
+
+
+def _prompt_job(case: Case, label_value: int) -> PropagationJob | None:
+    """The propagation job whose prompt the current label ``label_value`` of ``case`` grew from.
+
+    The current revision's own job when it is a propagation of that label; else the latest succeeded
+    propagation of that label whose revision is not newer than the current one (refinements and manual
+    edits keep the prompt of the propagation before them).
+    """
+    revision = case.current_revision
+    if revision is None:
+        return None
+    job = revision.job
+    if job is not None and job.kind == PropagationKind.PROPAGATE and job.label_value == label_value:
+        return job
+    return (
+        PropagationJob.objects.filter(
+            case=case,
+            label_value=label_value,
+            kind=PropagationKind.PROPAGATE,
+            status=JobStatus.SUCCEEDED,
+            result_revision__number__lte=revision.number,
+        )
+        .order_by("-result_revision__number", "-pk")
+        .first()
+    )
+
+
+def refinement_anchor(case: Case, label_value: int, corrected_z: set[int]) -> dict[str, int]:
+    """Engine options of a refinement: the prompt slice of the propagation that made the label
+    (``anchor_z``: the refinement re-propagates away from it, never back across it) and that
+    propagation's boundary slices, widened to take in the corrected slices. Empty when there is none."""
+    job = _prompt_job(case, label_value)
+    if job is None or not isinstance(job.prompt.get("z"), int):
+        return {}
+    options: dict[str, int] = {"anchor_z": job.prompt["z"], "anchor_job": job.pk}
+    if job.options.get("z_min") is not None:
+        options["z_min"] = min(int(job.options["z_min"]), *corrected_z)
+    if job.options.get("z_max") is not None:
+        options["z_max"] = max(int(job.options["z_max"]), *corrected_z)
+    return options
 
 
 def get_job(user: AnyUser, job_id: int) -> PropagationJob:
@@ -812,7 +855,10 @@ def _run_refine(
         item["z"]: decode_rle(item["rle"], (shape[1], shape[2]))
         for item in job.prompt.get("edited_slices", [])
     }
-    steps = engine.refine_steps(volume, spacing, old, clicks, edited, should_stop=should_stop)
+    anchor = {
+        key: job.options[key] for key in ("anchor_z", "z_min", "z_max") if job.options.get(key) is not None
+    }
+    steps = engine.refine_steps(volume, spacing, old, clicks, edited, should_stop=should_stop, **anchor)
     # Slices the refinement does not reach keep their old content (as in engine.refine).
     return _stream_steps(steps, old.copy(), stream)
 
