@@ -62,6 +62,15 @@ def get_visible_case(user: AnyUser, case_id: int) -> Case:
     return case
 
 
+def is_member_of_case_project(user: AnyUser, case_id: int) -> bool:
+    """Whether ``case_id`` exists in a project ``user`` belongs to (e.g. to tell "not yours" from "no such
+    case" to a project member, who may know the case exists; to others both read the same)."""
+    if not user.is_authenticated:
+        return False
+    member_of = Membership.objects.filter(user=user).values("project")
+    return Case.objects.filter(pk=case_id, project__in=member_of).exists()
+
+
 def is_manager(user: AnyUser, project: Project) -> bool:
     return role_in(user, project) == Role.MANAGER
 

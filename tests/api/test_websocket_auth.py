@@ -25,15 +25,26 @@ def annotator_case(team, make_case):
     return case, Token.objects.create(user=team.annotator).key
 
 
-async def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+async def _open(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[bool, int | None]:
+    """(whether the socket stays open with its state message, the close code of a refusal after the
+    handshake; None when refused in the handshake, where a browser sees no code)."""
     from backend.asgi import application
 
     communicator = WebsocketCommunicator(application, path, headers=headers)
-    connected, _ = await communicator.connect(timeout=5)
+    connected, code = await communicator.connect(timeout=5)
+    if connected:
+        first = await communicator.receive_output(timeout=5)
+        connected, code = first["type"] == "websocket.send", first.get("code")
+    else:
+        code = None
     await communicator.disconnect()
     # The consumer's database calls ran in asgiref's worker thread: leave no connection open there.
     await sync_to_async(connections.close_all)()
-    return connected
+    return connected, code
+
+
+async def _connects(path: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    return (await _open(path, headers))[0]
 
 
 async def test_a_token_in_the_query_string_opens_the_case_socket(in_memory_layer, annotator_case):
@@ -48,10 +59,10 @@ async def test_a_token_in_the_authorization_header_opens_the_case_socket(in_memo
     assert await _connects(f"/ws/cases/{case.pk}/", [ORIGIN, (b"authorization", f"Token {token}".encode())])
 
 
-async def test_a_wrong_token_is_refused(in_memory_layer, annotator_case):
+async def test_a_wrong_token_is_refused_as_not_signed_in(in_memory_layer, annotator_case):
     case, _ = annotator_case
 
-    assert not await _connects(f"/ws/cases/{case.pk}/?token=not-a-token", [ORIGIN])
+    assert await _open(f"/ws/cases/{case.pk}/?token=not-a-token", [ORIGIN]) == (False, 4401)
 
 
 async def test_a_foreign_origin_is_refused_even_with_a_token(in_memory_layer, annotator_case):

@@ -3,6 +3,7 @@ a case whose object spans many slices, and (for the killed-worker test) real Cel
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,7 +94,12 @@ def session_cookie() -> Callable[[Any], bytes]:
 
 @pytest.fixture
 def ws_connect(session_cookie: Callable[[Any], bytes]) -> Callable[..., Any]:
-    """``await ws_connect(user, case_id)`` -> (communicator, connected, first message or close code)."""
+    """``await ws_connect(user, case_id)`` -> (communicator, connected, first message or close code).
+
+    A refused socket is accepted and closed at once with a reason code (4401/4403/4404): that counts as not
+    connected, with the code. A socket refused in the handshake gives ``("handshake", code)``: a browser
+    sees only 1006 then, never the code.
+    """
     from channels.testing import WebsocketCommunicator
 
     from backend.asgi import application
@@ -107,8 +113,11 @@ def ws_connect(session_cookie: Callable[[Any], bytes]) -> Callable[..., Any]:
         communicator = WebsocketCommunicator(application, path or f"/ws/cases/{case_id}/", headers=headers)
         connected, detail = await communicator.connect(timeout=10)
         if not connected:
-            return communicator, False, detail
-        return communicator, True, await communicator.receive_json_from(timeout=10)
+            return communicator, False, ("handshake", detail)
+        first = await communicator.receive_output(timeout=10)
+        if first["type"] == "websocket.close":
+            return communicator, False, first.get("code")
+        return communicator, True, json.loads(first["text"])
 
     return connect
 

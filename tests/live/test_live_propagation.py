@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 
+from annotator import events
 from annotator.maskcodec import decode_rle, encode_rle
 from annotator.models import Case, CaseStatus, JobStatus, PropagationJob, SegmentationRevision
 from annotator.services import propagation, revisions
@@ -188,25 +190,40 @@ async def test_a_refinement_makes_a_new_revision_and_undo_redo_move_between_them
     await ws.disconnect()
 
 
-async def test_anonymous_and_other_project_sockets_are_refused(
+async def test_refused_sockets_are_told_why_and_never_get_events(
     live_layer, object_case, team, other_team, ws_connect, make_case
 ):
-    _, connected, _ = await ws_connect(None, object_case.pk)
-    assert not connected
-    _, connected, _ = await ws_connect(other_team.manager, object_case.pk)
-    assert not connected
-    _, connected, _ = await ws_connect(team.annotator, 999_999)
-    assert not connected
-    # A case of the same project that is not assigned to this annotator is not theirs either.
+    # A case of the same project that is not assigned to this annotator is not theirs.
     unassigned = await sync_to_async(make_case)(team.project, name="not mine")
-    _, connected, _ = await ws_connect(team.annotator, unassigned.pk)
-    assert not connected
+    refusals = [
+        (None, object_case.pk, 4401),  # not signed in
+        (other_team.manager, object_case.pk, 4404),  # another project: existence does not leak
+        (team.annotator, 999_999, 4404),  # no such case
+        (team.annotator, unassigned.pk, 4403),  # their project, not their case
+    ]
+    refused = []
+    for user, case_id, expected in refusals:
+        ws, connected, code = await ws_connect(user, case_id)
+        assert (connected, code) == (False, expected), (user, case_id)
+        refused.append(ws)
     # The project's manager may watch; what the browser sends is ignored (push only).
     ws, connected, state = await ws_connect(team.manager, object_case.pk)
     assert connected and state["type"] == "state"
     await ws.send_to(text_data="not json {")
     await ws.send_json_to({"type": "propagate", "prompt": BOX})
     assert await ws.receive_nothing(timeout=0.3)
+
+    # An event for both cases reaches the watching manager and none of the refused sockets.
+    layer = get_channel_layer()
+    for case_id in (object_case.pk, unassigned.pk):
+        await layer.group_send(
+            events.case_group(case_id),
+            {"type": events.CONSUMER_HANDLER, "event": {"type": "comment", "case": case_id}},
+        )
+    assert (await ws.receive_json_from(timeout=10))["type"] == "comment"
+    for socket in refused:
+        assert await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
     await ws.disconnect()
 
 
@@ -504,7 +521,7 @@ async def test_scripts_connect_with_a_token_and_the_case_reviewer_may_watch(
     )
     assert connected and state["type"] == "state"
     await ws.disconnect()
-    _, connected, _ = await ws_connect(
+    _, connected, code = await ws_connect(
         None, object_case.pk, path=f"/ws/cases/{object_case.pk}/?token=not-a-token"
     )
-    assert not connected
+    assert (connected, code) == (False, 4401)
