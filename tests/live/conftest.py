@@ -21,7 +21,7 @@ def engine_name(request: pytest.FixtureRequest, settings: Any, monkeypatch: pyte
     """The engine jobs run with (``classical`` unless a test is parametrised otherwise)."""
     name = getattr(request, "param", "classical")
     settings.PROPLABEL_ENGINE = name
-    monkeypatch.setattr(propagation, "_engine", None)
+    monkeypatch.setattr(propagation.runner, "_engine", None)
     return name
 
 
@@ -68,7 +68,7 @@ class ThreadWorker:
 @pytest.fixture
 def thread_worker(monkeypatch: pytest.MonkeyPatch, engine_name: str) -> Iterator[ThreadWorker]:
     worker = ThreadWorker()
-    monkeypatch.setattr(propagation, "_enqueue", worker.enqueue)
+    monkeypatch.setattr(propagation.queue, "_enqueue", worker.enqueue)
     yield worker
     worker.hold.set()
     worker.join()

@@ -25,7 +25,7 @@ BOX_LOW = {"type": "box", "z": PROMPT_Z, "y0": 14, "x0": 12, "y1": 26, "x1": 26}
 @pytest.fixture
 def run_jobs(monkeypatch: pytest.MonkeyPatch, engine_name: str, live_layer: Any) -> list[int]:
     queued: list[int] = []
-    monkeypatch.setattr(propagation, "_enqueue", queued.append)
+    monkeypatch.setattr(propagation.queue, "_enqueue", queued.append)
     return queued
 
 
