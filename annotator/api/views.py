@@ -208,6 +208,7 @@ class ImportListView(GenericAPIView):
     @extend_schema(operation_id="projects_imports_list", responses=api.ImportJobSerializer(many=True))
     def get(self, request: Request, project_id: int) -> Response:
         project = access.get_managed_project(request.user, project_id)
+        imports.sweep_stale_imports()  # a dead worker's import must not show as running in the history
         jobs = project.import_jobs.select_related("created_by").prefetch_related("cases")[:200]
         return Response(api.ImportJobSerializer(jobs, many=True).data)
 

@@ -326,6 +326,7 @@ class ExportListView(GenericAPIView):
 
     def get(self, request: Request, project_id: int) -> Response:
         project = access.get_managed_project(request.user, project_id)
+        exports.sweep_stale_exports()  # a dead worker's export must not show as running in the list
         jobs = ExportJob.objects.filter(project=project).select_related("created_by")[:100]
         return Response(ExportJobSerializer(jobs, many=True).data)
 

@@ -180,3 +180,20 @@ def test_a_running_export_with_a_fresh_heartbeat_is_left_alone(team, make_case, 
     polled = api_client(team.manager).get(f"/api/exports/{job.pk}/").json()
 
     assert polled["status"] == "running" and polled["error"] == ""
+
+
+def test_the_import_and_export_lists_show_a_dead_workers_jobs_as_failed(team, make_case, api_client):
+    _approved(make_case, team)
+    export = exports.create_export_job(team.manager, team.project, "nifti", enqueue=False)
+    upload = imports.create_import_job(
+        team.manager, team.project, [_nifti_upload("patient0.nii.gz", seed=0)], enqueue=False
+    )
+    _make_stale(ExportJob, export.pk, attempts=2)
+    _make_stale(ImportJob, upload.pk, attempts=2)
+    client = api_client(team.manager)
+
+    imported = client.get(f"/api/projects/{team.project.pk}/imports/").json()
+    exported = client.get(f"/api/projects/{team.project.pk}/exports/").json()
+
+    assert [(job["id"], job["status"]) for job in imported] == [(upload.pk, "failed")]
+    assert [(job["id"], job["status"]) for job in exported] == [(export.pk, "failed")]
