@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db.models import Count, OuterRef, Subquery
 from django.http import FileResponse, HttpResponse, HttpResponseBase
@@ -350,7 +351,8 @@ class SliceView(GenericAPIView):
             raise InvalidInput("window, level and size must be numbers.", code="invalid_window") from exc
         if window <= 0 or not 16 <= size <= 1024:
             raise InvalidInput("window must be > 0 and size within 16..1024.", code="invalid_window")
-        etag = f'"{volume.content_hash[:32]}-{axis}-{index}-{window:g}-{level:g}-{size}"'
+        # "r1": radiological orientation from the affine (older cached thumbnails were in array order).
+        etag = f'"{volume.content_hash[:32]}-r1-{axis}-{index}-{window:g}-{level:g}-{size}"'
         if _etag_matches(request, etag):
             response = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
         else:
@@ -362,6 +364,7 @@ class SliceView(GenericAPIView):
                 level,
                 spacing=volume.spacing_zyx,
                 max_size=size,
+                affine=np.asarray(volume.affine, dtype=np.float64),
             )
             response = HttpResponse(png, content_type="image/png")
         response["ETag"] = etag

@@ -1,12 +1,16 @@
 """Windowed slice thumbnails as PNG (Pillow).
 
-Display conventions (the server does not reorient by the affine; the viewer does):
-* ``axial``: ``volume[index]`` shown as stored, row ``y = 0`` at the top, column ``x = 0`` on the left. For
-  DICOM-sourced volumes (rows run anterior -> posterior, columns patient right -> left) this is the
-  radiological view: the patient's right on the viewer's left, anterior at the top.
-* ``coronal``: ``volume[:, index, :]`` as a ``(Z, X)`` image, ``z`` flipped so the highest slice index is at
-  the top (superior at the top for the usual z-ascending-to-head order), ``x`` as in the axial view.
-* ``sagittal``: ``volume[:, :, index]`` as a ``(Z, Y)`` image, highest ``z`` at the top, ``y`` left to right.
+Display conventions. With the volume's ``affine`` (``(z, y, x, 1) -> RAS+`` mm) every plane is shown the way
+radiologists read it, whatever the storage order (RAS NIfTI, LPS DICOM, flipped axes):
+* ``axial`` (``volume[index]``, rows ``y``, columns ``x``): anterior at the top, the patient's right on the
+  viewer's left.
+* ``coronal`` (``volume[:, index, :]``, rows ``z``, columns ``x``): superior at the top, the patient's right on
+  the viewer's left.
+* ``sagittal`` (``volume[:, :, index]``, rows ``z``, columns ``y``): superior at the top, anterior on the left.
+Each in-plane index axis is flipped when its direction's dominant world component points the other way;
+axes are never swapped (an oblique or permuted acquisition keeps its own plane, only its sense is fixed).
+Without an affine, rows and columns follow the array (``z`` flipped in coronal and sagittal planes so the
+highest slice is at the top), which is the radiological view for the usual DICOM order.
 Grey value: ``clip((v - (level - window / 2)) / window, 0, 1) * 255``, so a bone window (W 2000 / L 500)
 shows bone white and soft tissue dark grey, a soft-tissue window (W 400 / L 40) shows organs mid grey and
 bone saturated white, air black in both. Non-axial planes are stretched by their spacing so anatomy keeps
@@ -34,8 +38,43 @@ def window_to_uint8(plane: np.ndarray, window: float, level: float) -> np.ndarra
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+# Per plane: (canonical axis shown as rows, canonical axis shown as columns) and, for each, the RAS world
+# axis (0 = R, 1 = A, 2 = S) and the sign that must DEcrease along the screen (top -> bottom, left -> right).
+# Rows: anterior (axial) or superior (coronal, sagittal) first; columns: patient right (axial, coronal) or
+# anterior (sagittal) first.
+_PLANE_LAYOUT: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "axial": ((1, 1), (2, 0)),
+    "coronal": ((0, 2), (2, 0)),
+    "sagittal": ((0, 2), (1, 1)),
+}
+
+
+def display_flips(axis: Axis, affine: np.ndarray | None) -> tuple[bool, bool]:
+    """Whether the plane's rows and columns must be reversed for the radiological view (see module doc).
+
+    Arguments:
+        axis: the plane.
+        affine: 4x4 ``(z, y, x, 1) -> RAS+`` mm, or None for the array's own order (z reversed in
+            coronal and sagittal planes).
+    """
+    if affine is None:
+        return axis != "axial", False
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {matrix.shape}")
+    flips = []
+    for canonical_axis, world_axis in _PLANE_LAYOUT[axis]:
+        direction = matrix[:3, canonical_axis]
+        # The screen runs from the "first" world direction (anterior, superior, patient right) to the other:
+        # an index axis whose step increases that world coordinate must be reversed. Only the dominant
+        # component decides, so oblique axes keep a stable sense.
+        dominant = int(np.argmax(np.abs(direction)))
+        flips.append(dominant == world_axis and direction[world_axis] > 0)
+    return flips[0], flips[1]
+
+
 def extract_plane(
-    volume: np.ndarray, axis: Axis, index: int
+    volume: np.ndarray, axis: Axis, index: int, affine: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """The display-oriented 2D plane and which spacing axes its (rows, columns) follow (see module doc)."""
     if axis not in _AXIS_INDEX:
@@ -44,10 +83,17 @@ def extract_plane(
     if not 0 <= index < volume.shape[axis_number]:
         raise IndexError(f"{axis} index {index} outside 0..{volume.shape[axis_number] - 1}")
     if axis == "axial":
-        return volume[index], None
-    if axis == "coronal":
-        return volume[::-1, index, :], None
-    return volume[::-1, :, index], None
+        plane = volume[index]
+    elif axis == "coronal":
+        plane = volume[:, index, :]
+    else:
+        plane = volume[:, :, index]
+    flip_rows, flip_columns = display_flips(axis, affine)
+    if flip_rows:
+        plane = plane[::-1, :]
+    if flip_columns:
+        plane = plane[:, ::-1]
+    return plane, None
 
 
 def render_slice_png(
@@ -58,6 +104,7 @@ def render_slice_png(
     level: float,
     spacing: tuple[float, float, float] | None = None,
     max_size: int | None = 512,
+    affine: np.ndarray | None = None,
 ) -> bytes:
     """Render one slice of a ``(Z, Y, X)`` volume as a greyscale PNG.
 
@@ -68,12 +115,13 @@ def render_slice_png(
         window, level: display window width and centre in intensity units.
         spacing: ``(sz, sy, sx)`` mm; when given, pixels are resampled to square physical pixels.
         max_size: longest side of the PNG in pixels (downscale only); None keeps the native size.
+        affine: 4x4 ``(z, y, x, 1) -> RAS+`` mm; when given, the plane is shown radiologically (module doc).
     Returns:
         PNG bytes (mode ``L``).
     """
     if volume.ndim != 3:
         raise ValueError(f"volume must be (Z, Y, X), got shape {volume.shape}")
-    plane, _ = extract_plane(volume, axis, index)
+    plane, _ = extract_plane(volume, axis, index, affine)
     grey = window_to_uint8(plane, window, level)
     height_px, width_px = grey.shape
     # Physical size of the plane (mm) decides the output aspect ratio.
