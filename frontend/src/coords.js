@@ -2,9 +2,11 @@
  * Coordinates between voxel indices (z, y, x) of the canonical (Z, Y, X) array, the viewer's world space
  * (mm) and a plane's 2D slice image (row, col).
  *
- * The viewer displays index space scaled by spacing: world = (x*sx, y*sy, z*sz) with origin 0 and identity
- * direction. That keeps every prompt exactly on the voxel grid the server uses (no affine guessing); the
- * patient orientation from the affine is not needed to segment.
+ * The viewer's display space is index space scaled by spacing: world = (x*sx, y*sy, z*sz) with origin 0 and
+ * identity direction. That keeps every prompt exactly on the voxel grid the server uses (no resampling, and
+ * voxel indices sent to the server are canonical array indices). The patient orientation from the affine
+ * only decides how each plane is laid out on the screen (orientation.js: radiological flips / transposes via
+ * the camera), so slice images here are always in array order: (row, col) = the plane's (row, col) axes.
  */
 
 /** @typedef {'axial' | 'coronal' | 'sagittal'} PlaneName */

@@ -94,6 +94,36 @@ ALIGNMENT_JS = """([value]) => {
   return out;
 }"""
 
+# Where landmarks of the phantom are drawn in the axial IMAGE itself (Cornerstone3D's canvas, W400/L40, no
+# use of the viewer's mapping): the vertebral body (700 HU, saturated white) and the aorta (200 HU, light
+# grey; the kidneys at 150 HU stay darker). Centroids as fractions of the canvas size.
+IMAGE_LANDMARKS_JS = """() => {
+  const canvas = document.querySelector('.pane-axial .cs canvas');
+  const w = canvas.width, h = canvas.height;
+  const data = canvas.getContext('2d').getImageData(0, 0, w, h).data;
+  const acc = {bone: [0, 0, 0], aorta: [0, 0, 0]};
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+    const g = data[(y * w + x) * 4];
+    const which = g >= 250 ? acc.bone : (g >= 215 && g <= 245 ? acc.aorta : null);
+    if (which) { which[0] += x; which[1] += y; which[2]++; }
+  }
+  const out = {};
+  for (const [k, [sx, sy, n]] of Object.entries(acc)) out[k] = n ? {x: sx / n / w, y: sy / n / h, n, px: [sx / n, sy / n]} : null;
+  out.scale = w / canvas.getBoundingClientRect().width;
+  return out;
+}"""
+
+
+def _landmarks(page: Any) -> dict[str, Any]:
+    """Image landmarks once Cornerstone3D has drawn the slice (a frame may still be pending)."""
+    result: dict[str, Any] = {}
+    for _ in range(25):
+        result = page.evaluate(IMAGE_LANDMARKS_JS)
+        if result["bone"] and result["aorta"] and result["bone"]["n"] > 50 and result["aorta"]["n"] > 50:
+            return result
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no vertebra / aorta in the axial image: {result}")
+
 
 def _aligned(result: dict[str, Any]) -> bool:
     inside = result["inside"]
@@ -173,6 +203,12 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         _shot(page, artifacts, "02-case-open")
         bone = page.evaluate("() => window.proplabelViewer.classes.at(-1).value")  # vertebrae: bright bone
         _assert_aligned(page, bone)
+        # Radiological display of the phantom (stored LPS-like: y -> posterior, x -> patient left): the
+        # vertebra is at the bottom of the axial image and the aorta (patient left of it) on its screen right.
+        marks = _landmarks(page)
+        assert marks["bone"]["y"] > 0.6 and marks["aorta"]["x"] > marks["bone"]["x"], marks
+        assert page.text_content(".pane-axial .orient-top") == "A"
+        assert page.text_content(".pane-axial .orient-left") == "R"
         assert "Read-only" not in (page.text_content(".banner") or "") or not page.is_visible(".banner")
 
         # --- window/level: a preset, then a right-drag; the image itself must change -------------------------
@@ -415,5 +451,83 @@ def test_reviewer_requests_changes(live_embedded_server: Any, browser: Any, arti
         page.wait_for_selector(".comment-item", timeout=10_000)
         assert "leaks" in page.text_content(".comments")
         _shot(page, artifacts, "21-changes-requested")
+    finally:
+        page.close()
+
+
+def test_radiological_orientation_of_a_ras_volume(live_embedded_server: Any, browser: Any, artifacts: Path) -> None:
+    """A volume stored RAS (most NIfTI) shows anterior at the top and the patient's right on the screen's left.
+
+    The phantom's voxels are served with its affine's y and x columns negated, i.e. the same array declared
+    RAS-stored (y -> anterior, x -> patient right): the vertebra (high y) is now anterior, so it must be drawn
+    at the top of the axial image, and the aorta (high x, now patient right of the vertebra) on its left. The
+    overlay, the cursor readout and clicks must follow the flipped image and keep canonical voxel indices.
+    """
+    server = live_embedded_server
+    page = browser.new_page(viewport={"width": 1400, "height": 850})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def as_ras(route: Any) -> None:
+        response = route.fetch()
+        meta = response.json()
+        for row in meta["affine"][:3]:
+            row[1], row[2] = -row[1], -row[2]
+        route.fulfill(response=response, json=meta)
+
+    try:
+        page.route("**/api/cases/*/volume/", as_ras)
+        page.goto(f"{server.base_url}/accounts/login/")
+        page.fill("input[name=username]", server.username)
+        page.fill("input[name=password]", server.password)
+        page.click("button[type=submit], input[type=submit]")
+        page.wait_for_selector("tr.case-row", timeout=20_000)
+        case_id = int(page.get_attribute("tr.case-row", "data-case"))
+        page.goto(f"{server.base_url}/app/cases/{case_id}")
+        page.wait_for_function("performance.getEntriesByName('volume-ready').length > 0", timeout=30_000)
+        assert page.evaluate("() => window.proplabelViewer.meta.affine[1][1]") > 0  # the RAS affine is in use
+        _shot(page, artifacts, "30-ras-volume")
+        bone = page.evaluate("() => window.proplabelViewer.classes.at(-1).value")
+        _assert_aligned(page, bone)  # overlay on the image, also when the image is flipped
+
+        # The image itself: the most anterior rows at the top, the patient's right on the screen's left.
+        marks = _landmarks(page)
+        assert marks["bone"]["y"] < 0.4 and marks["aorta"]["x"] < marks["bone"]["x"], marks
+        mapping = page.evaluate(
+            """() => {
+              const v = window.proplabelViewer;
+              const [, Y, X] = v.shape;
+              const z = v.renderer.sliceIndex('axial');
+              const at = (zyx) => v.renderer.voxelToCanvas('axial', zyx);
+              return {anterior: at([z, Y - 1, X >> 1])[1], posterior: at([z, 0, X >> 1])[1],
+                      right: at([z, Y >> 1, X - 1])[0], left: at([z, Y >> 1, 0])[0]};
+            }"""
+        )
+        assert mapping["anterior"] < mapping["posterior"] and mapping["right"] < mapping["left"], mapping
+        letters = page.evaluate(
+            """() => Object.fromEntries(['axial', 'coronal', 'sagittal'].map((p) => [p,
+              ['top', 'bottom', 'left', 'right'].map((s) => document.querySelector(`.pane-${p} .orient-${s}`).textContent).join('')]))"""
+        )
+        assert letters == {"axial": "APRL", "coronal": "SIRL", "sagittal": "SIAP"}, letters
+
+        # Under the mouse: the bright vertebra in the image is the vertebra label, read out in canonical indices.
+        rect = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
+        px, py = marks["bone"]["px"]
+        page.mouse.move(rect["x"] + px / marks["scale"], rect["y"] + py / marks["scale"])
+        page.wait_for_function("document.querySelector('.cursor-info').textContent.includes('vertebrae')", timeout=5000)
+        readout = page.text_content(".cursor-info") or ""
+        page.mouse.down()  # navigate tool: the crosshair goes to that voxel
+        page.mouse.up()
+        cursor = page.evaluate("() => window.proplabelViewer.cursor")
+        assert f"z {cursor[0]} y {cursor[1]} x {cursor[2]}" in readout, (readout, cursor)
+        shape = page.evaluate("() => window.proplabelViewer.shape")
+        assert cursor[1] > shape[1] * 0.6, cursor  # the vertebra's canonical row index stays high (posterior in the file)
+        label = page.evaluate(
+            "([z, y, x]) => { const v = window.proplabelViewer; return v.labelmap.labels[(z * v.shape[1] + y) * v.shape[2] + x]; }",
+            cursor,
+        )
+        assert label == bone
+        _shot(page, artifacts, "31-ras-volume-cursor")
+        assert not errors, errors
     finally:
         page.close()

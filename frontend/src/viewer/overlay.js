@@ -2,7 +2,8 @@
  * The annotation layer drawn over each image viewport on a plain 2D canvas: labels (with the live layer),
  * the linked crosshair, prompt previews (box, sketch, clicks), boundary markers and the brush cursor.
  * The slice image of a plane is placed with an affine computed from where Cornerstone3D draws three voxel
- * points, so the overlay follows zoom, pan and orientation exactly.
+ * points, so the overlay follows zoom, pan and orientation exactly: the radiological flips and transposes
+ * of orientation.js come with that affine, nothing here assumes rows run down or columns run right.
  */
 import { affineFromPoints, PLANES, planeSize, planeToVoxel, voxelToPlane } from '../coords.js';
 
@@ -105,10 +106,11 @@ export class Overlay {
     }
     if (s.brush && this.plane === 'axial') {
       const [x, y] = toCanvas(s.brush.row, s.brush.col);
-      const [x2] = toCanvas(s.brush.row, s.brush.col + s.brush.radius + 0.5);
+      // along the columns, which may run vertically on the screen (a transposed orientation)
+      const [x2, y2] = toCanvas(s.brush.row, s.brush.col + s.brush.radius + 0.5);
       ctx.strokeStyle = '#fff';
       ctx.beginPath();
-      ctx.arc(x, y, Math.abs(x2 - x), 0, Math.PI * 2);
+      ctx.arc(x, y, Math.hypot(x2 - x, y2 - y), 0, Math.PI * 2);
       ctx.stroke();
     }
   }

@@ -5,9 +5,13 @@
  *
  * Display space is index space scaled by spacing (coords.js); slices are chosen by moving the camera's
  * focal point along the plane normal, so a slice index here is exactly the voxel index on that axis.
+ * The patient orientation is the camera's job: each viewport looks at its plane with the view-up and
+ * normal from orientation.js (radiological display from the affine), so the image, and the overlay placed
+ * through voxelToCanvas / canvasToVoxel, are flipped and transposed together.
  */
 import { Enums, init, RenderingEngine, setVolumesForViewports, volumeLoader, cache } from '@cornerstonejs/core';
 import { PLANES, voxelToWorld } from '../coords.js';
+import { cameraVectors, planeViews } from '../orientation.js';
 import { windowToRange } from '../windowing.js';
 
 /** @typedef {import('../coords.js').PlaneName} PlaneName */
@@ -18,11 +22,20 @@ let initialised = null;
 /** World axis (x=0, y=1, z=2) that a voxel axis (z=0, y=1, x=2) maps to. */
 const WORLD_AXIS = [2, 1, 0];
 
-const ORIENTATION = {
-  axial: Enums.OrientationAxis.AXIAL,
-  coronal: Enums.OrientationAxis.CORONAL,
-  sagittal: Enums.OrientationAxis.SAGITTAL,
-};
+/**
+ * Camera vectors before the affine is known (DICOM-like array order). Given as vectors, not as
+ * Enums.OrientationAxis: with a named orientation Cornerstone3D's resetCamera() would snap back to it.
+ */
+const DEFAULT_VIEWS = planeViews(null);
+
+/**
+ * Cornerstone3D orientation vectors of a plane view.
+ * @param {import('../orientation.js').PlaneView} view
+ */
+function orientationOf(view) {
+  const { viewPlaneNormal, viewUp } = cameraVectors(view);
+  return { viewPlaneNormal, viewUp };
+}
 
 export class ImageRenderer {
   /**
@@ -38,6 +51,8 @@ export class ImageRenderer {
     this.shape = [1, 1, 1];
     /** @type {Vec3} */
     this.spacing = [1, 1, 1];
+    /** @type {Record<PlaneName, import('../orientation.js').PlaneView>} how each plane sits on the screen */
+    this.views = DEFAULT_VIEWS;
   }
 
   /**
@@ -55,7 +70,7 @@ export class ImageRenderer {
         viewportId: plane,
         element: this.elements[plane],
         type: Enums.ViewportType.ORTHOGRAPHIC,
-        defaultOptions: { orientation: ORIENTATION[plane], background: [0, 0, 0] },
+        defaultOptions: { orientation: orientationOf(DEFAULT_VIEWS[plane]), background: [0, 0, 0] },
       })),
     );
   }
@@ -67,11 +82,13 @@ export class ImageRenderer {
    * @param {Vec3} shape (Z, Y, X)
    * @param {Vec3} spacing (sz, sy, sx)
    * @param {string} modality
+   * @param {number[][] | null} [affine] 4x4 (z, y, x, 1) -> RAS+ mm: sets the display orientation
    */
-  async load(volumeId, voxels, shape, spacing, modality) {
+  async load(volumeId, voxels, shape, spacing, modality, affine) {
     if (!this.engine) throw new Error('ImageRenderer.prepare() must run first');
     this.shape = shape;
     this.spacing = spacing;
+    this.views = planeViews(affine);
     const [Z, Y, X] = shape;
     const [sz, sy, sx] = spacing;
     const bits = voxels.BYTES_PER_ELEMENT * 8;
@@ -100,7 +117,11 @@ export class ImageRenderer {
     // The texture does not know its data arrived: mark every frame as updated.
     volume.invalidate();
     await setVolumesForViewports(this.engine, [{ volumeId: this.volumeId }], this.planes);
-    for (const plane of this.planes) this.viewport(plane).resetCamera();
+    for (const plane of this.planes) {
+      const vp = this.viewport(plane);
+      vp.setOrientation(orientationOf(this.views[plane]), false);
+      vp.resetCamera();
+    }
   }
 
   /** @param {PlaneName} plane */

@@ -140,7 +140,8 @@ export class Viewer {
               <div class="pane pane-${p}" data-plane="${p}">
                 <div class="cs"></div>
                 <canvas class="overlay" data-plane="${p}" tabindex="-1"></canvas>
-                <div class="pane-label" style="color:${PLANE_COLORS[p]}"><span>${p}</span> <span class="slice-label"></span></div>
+                <div class="pane-label" style="color:${PLANE_COLORS[p]}"><span>${p}</span> <span class="slice-label"></span> <span class="anatomy-note"></span></div>
+                ${['top', 'bottom', 'left', 'right'].map((side) => `<div class="orient orient-${side}" aria-hidden="true"></div>`).join('')}
               </div>`).join('')}
             <div class="loading">
               <div class="loading-text">Loading case…</div>
@@ -301,7 +302,8 @@ export class Viewer {
       this.labelmap.setColors(this.classes, this.display);
       loadingText.textContent = 'Preparing views…';
       await prepared;
-      await this.renderer.load(`case_${this.caseId}_${meta.content_hash || ''}`.slice(0, 60), voxels, this.shape, this.spacing, meta.modality);
+      await this.renderer.load(`case_${this.caseId}_${meta.content_hash || ''}`.slice(0, 60), voxels, this.shape, this.spacing, meta.modality, meta.affine);
+      this.showOrientationLabels();
       performance.mark('volume-created');
       this.ready = true; // from here on the handlers may touch the volume, labels and cameras
       this.window = defaultWindow(meta.modality, meta.stats);
@@ -449,6 +451,19 @@ export class Viewer {
     }
     const { width, level } = this.window;
     this.$('.wl-readout').textContent = `W ${Math.round(width)} L ${Math.round(level)}`;
+  }
+
+  /** Patient directions (R/L, A/P, S/I) at the edges of each view, from the radiological layout. */
+  showOrientationLabels() {
+    for (const plane of PLANE_NAMES) {
+      const pane = /** @type {HTMLElement} */ (this.root.querySelector(`.pane-${plane}`));
+      const view = this.renderer.views[plane];
+      for (const side of /** @type {const} */ (['top', 'bottom', 'left', 'right'])) {
+        /** @type {HTMLElement} */ (pane.querySelector(`.orient-${side}`)).textContent = view.labels[side];
+      }
+      // A plane is the slices of one index axis; say so when the volume was stored in another orientation.
+      /** @type {HTMLElement} */ (pane.querySelector('.anatomy-note')).textContent = view.anatomy === plane ? '' : `(${view.anatomy} image)`;
+    }
   }
 
   /** Move the three planes so they pass through the cursor voxel. */
