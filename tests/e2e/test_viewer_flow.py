@@ -493,17 +493,26 @@ def test_radiological_orientation_of_a_ras_volume(live_embedded_server: Any, bro
         # The image itself: the most anterior rows at the top, the patient's right on the screen's left.
         marks = _landmarks(page)
         assert marks["bone"]["y"] < 0.4 and marks["aorta"]["x"] < marks["bone"]["x"], marks
-        mapping = page.evaluate(
-            """() => {
-              const v = window.proplabelViewer;
-              const [, Y, X] = v.shape;
-              const z = v.renderer.sliceIndex('axial');
-              const at = (zyx) => v.renderer.voxelToCanvas('axial', zyx);
-              return {anterior: at([z, Y - 1, X >> 1])[1], posterior: at([z, 0, X >> 1])[1],
-                      right: at([z, Y >> 1, X - 1])[0], left: at([z, Y >> 1, 0])[0]};
-            }"""
-        )
+        mapping_js = """() => {
+          const v = window.proplabelViewer;
+          const [, Y, X] = v.shape;
+          const z = v.renderer.sliceIndex('axial');
+          const at = (zyx) => v.renderer.voxelToCanvas('axial', zyx);
+          return {anterior: at([z, Y - 1, X >> 1])[1], posterior: at([z, 0, X >> 1])[1],
+                  right: at([z, Y >> 1, X - 1])[0], left: at([z, Y >> 1, 0])[0]};
+        }"""
+        mapping = page.evaluate(mapping_js)
         assert mapping["anterior"] < mapping["posterior"] and mapping["right"] < mapping["left"], mapping
+        # Zoom, then reset the view (R): the orientation survives Cornerstone3D's camera reset.
+        rect = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
+        page.mouse.move(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
+        page.keyboard.down("Control")
+        page.mouse.wheel(0, -100)
+        page.keyboard.up("Control")
+        page.keyboard.press("r")
+        reset = page.evaluate(mapping_js)
+        assert all(abs(reset[k] - mapping[k]) < 2 for k in mapping), (reset, mapping)  # sub-pixel refit
+        _assert_aligned(page, bone)
         letters = page.evaluate(
             """() => Object.fromEntries(['axial', 'coronal', 'sagittal'].map((p) => [p,
               ['top', 'bottom', 'left', 'right'].map((s) => document.querySelector(`.pane-${p} .orient-${s}`).textContent).join('')]))"""
@@ -511,7 +520,6 @@ def test_radiological_orientation_of_a_ras_volume(live_embedded_server: Any, bro
         assert letters == {"axial": "APRL", "coronal": "SIRL", "sagittal": "SIAP"}, letters
 
         # Under the mouse: the bright vertebra in the image is the vertebra label, read out in canonical indices.
-        rect = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
         px, py = marks["bone"]["px"]
         page.mouse.move(rect["x"] + px / marks["scale"], rect["y"] + py / marks["scale"])
         page.wait_for_function("document.querySelector('.cursor-info').textContent.includes('vertebrae')", timeout=5000)
