@@ -76,6 +76,9 @@ class PropMaskConfig:
 
     ``attention_stages`` coarsest encoder stages get guide->adjacent cross-attention;
     ``adjacent_slices`` is how many adjacent slices a training task holds (inference batches the same).
+    ``present_features``: what the object-present head reads: ``"decoder"`` (pooled finest decoder
+    features + statistics of the mask logits + pooled bottleneck) or ``"bottleneck"`` (pooled attended
+    bottleneck only; the first design, kept so its checkpoints still load).
     """
 
     base_width: int = 16
@@ -86,9 +89,14 @@ class PropMaskConfig:
     deep_supervision_heads: int = 4
     present_head: bool = True
     adjacent_slices: int = 4
+    present_features: str = "decoder"
 
     def __post_init__(self) -> None:
         _check_unet_sizes(self.base_width, self.max_width, self.n_stages, self.input_size)
+        if self.present_features not in ("decoder", "bottleneck"):
+            raise ValueError(
+                f"present_features must be 'decoder' or 'bottleneck', got {self.present_features!r}"
+            )
         if not 1 <= self.attention_stages <= self.n_stages:
             raise ValueError(f"attention_stages must be in 1..{self.n_stages}, got {self.attention_stages}")
         if not 1 <= self.deep_supervision_heads <= self.n_stages - 1:
@@ -106,7 +114,9 @@ class PropMaskConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PropMaskConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        values = {key: value for key, value in data.items() if key in known}
+        values.setdefault("present_features", "bottleneck")  # configs saved before the field existed
+        return cls(**values)
 
 
 PAPER_BOX2MASK = Box2MaskConfig(

@@ -22,6 +22,7 @@ mean box-prompt Dice over data sets picks ``best.pt``. ``last.pt`` is written ev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import pathlib
@@ -496,14 +497,37 @@ def build_pools(
     return pools
 
 
-def learning_rate(base: float, step: int, elapsed: float, budget: float) -> float:
-    """Linear warm-up over 200 steps, constant, then cosine down to 5% over the last 30% of the budget."""
-    warm = min(1.0, (step + 1) / 200)
+def learning_rate(base: float, step: int, elapsed: float, budget: float, warm_from: int = 0) -> float:
+    """Linear warm-up over 200 steps from ``warm_from``, constant, then cosine down to 5% over the last 30%
+    of the budget."""
+    warm = min(1.0, (step - warm_from + 1) / 200)
     fraction = elapsed / budget if budget > 0 else 0.0
     if fraction <= 0.7:
         return base * warm
     progress = min(1.0, (fraction - 0.7) / 0.3)
     return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def upgrade_present_head(
+    propmask: PropMask, present_features: str, optimizers_state: dict[str, Any]
+) -> tuple[PropMask, dict[str, Any]]:
+    """A PropMask whose present head reads ``present_features``: every other weight is kept and the head is
+    freshly initialised. The PropMask optimizer keeps its moments for all other parameters (the head's
+    parameters keep their positions in the parameter list, only their entries are dropped)."""
+    upgraded = PropMask(dataclasses.replace(propmask.config, present_features=present_features))
+    kept = {key: value for key, value in propmask.state_dict().items() if not key.startswith("present.")}
+    missing, unexpected = upgraded.load_state_dict(kept, strict=False)
+    if unexpected or any(not key.startswith("present.") for key in missing):
+        raise ValueError(f"cannot upgrade the present head: missing {missing}, unexpected {unexpected}")
+    names = [name for name, _ in propmask.named_parameters()]
+    if names != [name for name, _ in upgraded.named_parameters()]:
+        raise ValueError("parameter order changed; cannot carry the optimizer state over")
+    head_indices = {index for index, name in enumerate(names) if name.startswith("present.")}
+    optimizer_state = dict(optimizers_state["propmask"])
+    optimizer_state["state"] = {
+        index: value for index, value in optimizer_state["state"].items() if index not in head_indices
+    }
+    return upgraded, {**optimizers_state, "propmask": optimizer_state}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -540,6 +564,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--box-samples", type=int, default=16, help="Box2Mask samples per Box2Mask step")
     parser.add_argument("--box-every", type=int, default=2, help="a Box2Mask step every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--present-features",
+        choices=("decoder", "bottleneck"),
+        default="decoder",
+        help="object-present head input; resuming a checkpoint with the other kind re-initialises that head",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--val-minutes", type=float, default=12.0)
@@ -576,7 +606,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log_file.flush()
 
     box_config, prop_config = PRESETS[args.preset]
+    prop_config = dataclasses.replace(prop_config, present_features=args.present_features)
     step, trained_seconds, best_score, history = 0, 0.0, -1.0, []
+    warm_from = 0
     box2mask, propmask = Box2Mask(box_config), PropMask(prop_config)
     optimizers_state = None
     if args.resume:
@@ -587,6 +619,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         best_score = float(state["metadata"].get("best_score", -1.0))
         history = list(state["metadata"].get("validation", []))
         optimizers_state = state["optimizers"]
+        if propmask.config.present_features != args.present_features:
+            propmask, optimizers_state = upgrade_present_head(
+                propmask, args.present_features, optimizers_state
+            )
+            warm_from = step - 150  # a short warm-up (50 steps) for the fresh head
+            log(f"object-present head re-initialised to read {args.present_features!r} features")
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -601,7 +639,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if optimizers_state:
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(optimizers_state[name])
+            if name in optimizers_state:
+                optimizer.load_state_dict(optimizers_state[name])
 
     pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
     weights = {name: (1.0 - args.synthetic_weight) / max(1, len(args.datasets)) for name in args.datasets}
@@ -665,7 +704,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if elapsed >= budget or (args.max_steps and steps_this_session >= args.max_steps):
             break
         step_started = time.time()
-        lr = learning_rate(args.lr, step, elapsed, budget)
+        lr = learning_rate(args.lr, step, elapsed, budget, warm_from)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -678,7 +717,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if output.present is not None
             else torch.zeros(())
         )
-        loss = mask_loss + 0.3 * present_loss
+        loss = mask_loss + 0.5 * present_loss
         optimizers["propmask"].zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)

@@ -74,6 +74,12 @@ class Decoder(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(widths[level], 1, 1) for level in range(heads))
 
     def forward(self, skips: list[torch.Tensor], all_heads: bool = True) -> list[torch.Tensor]:
+        return self.decode(skips, all_heads)[0]
+
+    def decode(
+        self, skips: list[torch.Tensor], all_heads: bool = True
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Like ``forward``, also returning the finest decoder features ``(N, widths[0], H, W)``."""
         x = skips[-1]
         decoded: list[torch.Tensor] = []
         for upsample, stage, skip in zip(self.upsample, self.stages, reversed(skips[:-1]), strict=True):
@@ -81,8 +87,8 @@ class Decoder(nn.Module):
             decoded.append(x)
         decoded.reverse()  # finest first
         if not all_heads:
-            return [self.heads[0](decoded[0])]
-        return [head(features) for head, features in zip(self.heads, decoded, strict=False)]
+            return [self.heads[0](decoded[0])], decoded[0]
+        return [head(features) for head, features in zip(self.heads, decoded, strict=False)], decoded[0]
 
 
 def count_parameters(module: nn.Module) -> int:

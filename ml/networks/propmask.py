@@ -68,8 +68,12 @@ class PropMask(nn.Module):
             GuideAttention(widths[stage]) for stage in range(first_attended, config.n_stages)
         )
         self.decoder = Decoder(widths, config.deep_supervision_heads)
+        # The present head. "decoder": pooled finest decoder features (which already outline the mask) +
+        # max/mean of the mask logits + pooled bottleneck; the bottleneck alone (the first design) is
+        # instance-normalised at 3x3 px and barely beat a constant guess.
+        present_inputs = 2 * widths[-1] + (2 * widths[0] + 2 if config.present_features == "decoder" else 0)
         self.present = (
-            nn.Sequential(nn.Linear(2 * widths[-1], widths[-1]), nn.LeakyReLU(0.01), nn.Linear(widths[-1], 1))
+            nn.Sequential(nn.Linear(present_inputs, widths[-1]), nn.LeakyReLU(0.01), nn.Linear(widths[-1], 1))
             if config.present_head
             else None
         )
@@ -99,11 +103,19 @@ class PropMask(nn.Module):
                 shaped = adjacent_features.reshape(batch, count, *adjacent_features.shape[1:])
                 adjacent_features = attention(shaped, guide_features, mask_features[stage]).flatten(0, 1)
             skips.append(adjacent_features)
-        logits = self.decoder(skips, all_heads=all_heads)
+        logits, finest = self.decoder.decode(skips, all_heads=all_heads)
         masks = [level.reshape(batch, count, *level.shape[2:]) for level in logits]
         present = None
         if self.present is not None:
             bottleneck = skips[-1]
-            pooled = torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)
-            present = self.present(pooled).reshape(batch, count)
+            pooled = [bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))]
+            if self.config.present_features == "decoder":
+                mask_logits = logits[0].flatten(1)
+                pooled += [
+                    finest.mean(dim=(2, 3)),
+                    finest.amax(dim=(2, 3)),
+                    mask_logits.amax(dim=1, keepdim=True),
+                    torch.sigmoid(mask_logits).mean(dim=1, keepdim=True),
+                ]
+            present = self.present(torch.cat(pooled, dim=1)).reshape(batch, count)
         return PropMaskOutput(masks=masks, present=present)

@@ -108,3 +108,14 @@ def test_wrong_input_shapes_name_the_problem() -> None:
 @pytest.mark.parametrize(("spacing", "expected"), [(0.5, 40), (1.0, 20), (3.0, 6), (5.0, 4), (25.0, 1)])
 def test_propagation_reach_is_twenty_millimetres(spacing: float, expected: int) -> None:
     assert slices_per_side(spacing) == expected
+
+
+def test_configs_saved_before_present_features_existed_rebuild_the_bottleneck_head() -> None:
+    legacy = TINY_PROP.to_dict()
+    del legacy["present_features"]
+    rebuilt = PropMaskConfig.from_dict(legacy)
+    assert rebuilt.present_features == "bottleneck"
+    network = PropMask(rebuilt).eval()
+    with torch.no_grad():
+        output = network(torch.randn(1, 1, 32, 32), torch.ones(1, 1, 32, 32), torch.randn(1, 2, 32, 32))
+    assert output.present is not None and tuple(output.present.shape) == (1, 2)

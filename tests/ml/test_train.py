@@ -94,3 +94,21 @@ def test_validation_dice_is_one_for_a_perfect_segmentation() -> None:
     mask[1:3, 2:6, 2:6] = True
     assert train.dice(mask, mask) == 1.0
     assert train.dice(mask, np.zeros_like(mask)) == 0.0
+
+
+def test_upgrading_the_present_head_keeps_every_other_weight_and_optimizer_moment() -> None:
+    from dataclasses import replace
+
+    old = PropMask(replace(TINY_PROPMASK, present_features="bottleneck"))
+    optimizer = torch.optim.AdamW(old.parameters(), lr=1e-3)
+    output = old(torch.randn(1, 1, 32, 32), torch.ones(1, 1, 32, 32), torch.randn(1, 2, 32, 32))
+    (output.masks[0].mean() + output.present.mean()).backward()
+    optimizer.step()
+    upgraded, state = train.upgrade_present_head(old, "decoder", {"propmask": optimizer.state_dict()})
+    assert upgraded.config.present_features == "decoder"
+    for key, value in old.state_dict().items():
+        if not key.startswith("present."):
+            assert torch.equal(value, upgraded.state_dict()[key])
+    fresh = torch.optim.AdamW(upgraded.parameters(), lr=1e-3)
+    fresh.load_state_dict(state["propmask"])  # loads: the head's moments were dropped, nothing else
+    assert len(fresh.state_dict()["state"]) == len(optimizer.state_dict()["state"]) - 4
