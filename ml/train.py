@@ -169,8 +169,40 @@ class TaskSampler:
         parts = [self._box2mask_sample(size) for _ in range(samples)]
         return torch.stack([part[0] for part in parts]), torch.stack([part[1] for part in parts])
 
+    def _wrong_mask_sample(self, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A slice just past the object's end carrying a leaked mask (the end slice's mask, dilated) and
+        1-2 negative clicks on it; the answer is an empty mask (what a correction of a leak must give)."""
+        rng = self.rng
+        volume, obj = self._pick_object()
+        depth = volume.case.image.shape[0]
+        outward = int(rng.integers(1, 5))
+        if rng.random() < 0.5:
+            z, source = obj.z_first - outward, obj.z_first
+        else:
+            z, source = obj.z_last + outward, obj.z_last
+        if not 0 <= z < depth:
+            return None
+        prior = self._object_slice(volume, obj, source)
+        if rng.random() < 0.5:
+            prior = ndimage.binary_dilation(prior, iterations=int(rng.integers(1, 4)))
+        negative = [interior_point(prior, rng) for _ in range(int(rng.integers(1, 3)))]
+        extent = box_of_mask(prior)
+        crop = square_crop(extent, float(rng.uniform(1.2, 1.9)), shift=tuple(rng.normal(0, 0.03, size=2)))
+        image = volume.case.image[z]
+        inputs = box2mask_inputs(
+            image, crop, box2mask_window(image, extent), size, box=None, negative=negative, prior=prior
+        )
+        target = masks_to_network(self._object_slice(volume, obj, z)[None], crop, size)
+        inputs, target = augment_geometry(inputs, target, rng, rotate=False)
+        inputs[:1] = augment_intensity(inputs[:1], rng)
+        return inputs, target
+
     def _box2mask_sample(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self.rng
+        if rng.random() < 0.08:
+            wrong = self._wrong_mask_sample(size)
+            if wrong is not None:
+                return wrong
         volume, obj = self._pick_object()
         valid = np.flatnonzero(obj.areas >= MIN_GUIDE_AREA) + obj.z_first
         if valid.size == 0:
