@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ml.checkpoint import load_training_state, save_training_state
+from ml.checkpoint import load_training_state, load_weights, save_training_state
 from ml.config import MIN_CROP_SIDE, PRESETS, slices_per_side
 from ml.data import ObjectVolume, list_cases, object_volume, read_case, synthetic_case
 from ml.learned import LearnedPredictor
@@ -590,6 +590,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run folder (checkpoints, log)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from <run>/last.pt")
+    parser.add_argument(
+        "--init-weights",
+        type=pathlib.Path,
+        default=None,
+        help="start a new run from these networks (e.g. ml/weights/proplabel_learned.pt), fresh optimizer",
+    )
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=8, help="PropMask tasks per step")
@@ -663,6 +669,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log(f"resumed at step {step} ({trained_seconds / 3600:.2f} h trained, best score {best_score:.3f})")
     else:
         torch.manual_seed(args.seed)
+        if args.init_weights is not None:
+            # Continues training when only the shipped networks survive (the run folder is not in git):
+            # their configs come with them, so --preset and --present-features do not apply.
+            box2mask, propmask, init_metadata = load_weights(args.init_weights)
+            step = int(init_metadata.get("step", 0))
+            trained_seconds = float(init_metadata.get("trained_seconds", 0.0))
+            warm_from = step  # a warm-up for the fresh optimizer moments
+            log(f"initialised from {args.init_weights} (step {step}, {trained_seconds / 3600:.2f} h trained)")
     box2mask.to(device).train()
     propmask.to(device).train()
     optimizers = {

@@ -97,6 +97,26 @@ def test_a_run_checkpoints_and_resumes_at_the_right_step(tmp_path: pathlib.Path)
     assert any("resumed at step 3" in entry["message"] for entry in log)
 
 
+def test_a_new_run_continues_from_shipped_weights_when_the_run_folder_is_gone(tmp_path: pathlib.Path) -> None:
+    from ml.checkpoint import export_weights, load_weights
+
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    train.main([*common, "--run", str(tmp_path / "old"), "--max-steps", "3"])
+    shipped = export_weights(tmp_path / "old" / "last.pt", tmp_path / "weights")
+    _, shipped_propmask, _ = load_weights(shipped)
+
+    result = train.main(
+        [*common, "--run", str(tmp_path / "new"), "--max-steps", "2", "--init-weights", str(shipped)]
+    )
+
+    assert result["step"] == 5  # counting on from the shipped step, not from zero
+    _, continued, _ = load_weights(tmp_path / "new" / "last.pt")
+    assert continued.config == shipped_propmask.config
+    log = [json.loads(line) for line in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
+    assert any("initialised from" in entry["message"] and "step 3" in entry["message"] for entry in log)
+
+
 def test_validation_dice_is_one_for_a_perfect_segmentation() -> None:
     mask = np.zeros((4, 8, 8), dtype=bool)
     mask[1:3, 2:6, 2:6] = True
