@@ -95,7 +95,21 @@ class ImportStatus(models.TextChoices):
     PARTIAL = "partial", "Partially succeeded"
 
 
-class ImportJob(models.Model):
+class WorkerJob(models.Model):
+    """Bookkeeping shared by jobs a Celery worker claims and runs (imports, exports)."""
+
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Refreshed by the worker while running; a stale one means the worker died (see services.heartbeats).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class ImportJob(WorkerJob):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="import_jobs"
@@ -114,12 +128,6 @@ class ImportJob(models.Model):
     upload_bytes = models.BigIntegerField(default=0)
     # e.g. {"label_value_map": {"5": 1, "52": 2}} to translate label ids of another tool.
     options = models.JSONField(default=dict, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    # Refreshed by the worker while running; a stale one means the worker died (see services.heartbeats).
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -372,7 +380,7 @@ class ExportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
-class ExportJob(models.Model):
+class ExportJob(WorkerJob):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="export_jobs")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="export_jobs"
@@ -386,12 +394,6 @@ class ExportJob(models.Model):
     file = models.FileField(max_length=255, blank=True)
     size_bytes = models.BigIntegerField(default=0)
     case_count = models.PositiveIntegerField(default=0)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    # Refreshed by the worker while running; a stale one means the worker died (see services.heartbeats).
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
