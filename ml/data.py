@@ -147,8 +147,39 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], coarse:
     return field_.astype(np.float32)
 
 
+def _tube_distance(
+    rng: np.random.Generator,
+    zz: np.ndarray,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    centre: np.ndarray,
+    extent_mm: np.ndarray,
+) -> np.ndarray:
+    """Normalised distance (< 1 inside) to a curved tube running through z: vessel-, cord- or rib-like.
+
+    The centre line drifts in-plane by up to 1.5 mm per mm of z (steep = a rib or an oblique vessel that
+    moves fast between axial slices), wanders smoothly, and its radius (1.5-8 mm) changes slowly; the tube
+    ends somewhere inside the volume so that both of its ends are visible.
+    """
+    z_mm = zz[:, 0, 0]
+    slope = rng.uniform(-1.5, 1.5, size=2) if rng.random() < 0.5 else rng.uniform(-0.3, 0.3, size=2)
+    phase, period = rng.uniform(0, 2 * np.pi, size=2), rng.uniform(20.0, 80.0, size=2)
+    amplitude = rng.uniform(0.0, 8.0, size=2)
+    offset = z_mm - centre[0]
+    centre_y = centre[1] + slope[0] * offset + amplitude[0] * np.sin(2 * np.pi * z_mm / period[0] + phase[0])
+    centre_x = centre[2] + slope[1] * offset + amplitude[1] * np.sin(2 * np.pi * z_mm / period[1] + phase[1])
+    radius = rng.uniform(1.5, 8.0) * (1.0 + 0.25 * np.sin(2 * np.pi * z_mm / rng.uniform(30, 90) + phase[0]))
+    half_length = rng.uniform(0.25, 0.6) * extent_mm[0]
+    in_plane = (yy - centre_y[:, None, None]) ** 2 + (xx - centre_x[:, None, None]) ** 2
+    distance = in_plane / (radius[:, None, None] ** 2)
+    outside_ends = np.abs(offset) > half_length
+    distance[outside_ends] = 10.0
+    return distance.astype(np.float32)
+
+
 def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
-    """A random volume with 1-4 smooth objects (some touching), varied contrast, noise, scale and spacing.
+    """A random volume with 1-4 smooth objects (blobs or curved tubes, some touching), varied contrast, noise,
+    scale and spacing.
 
     Returns a ``Case`` whose labels are 1..n (one value per object); shapes about
     ``(20-60, 72-128, 72-128)``; spacing ``sy = sx`` in 0.6-1.5 mm, ``sz`` from isotropic to 5 mm.
@@ -174,16 +205,20 @@ def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
     centre = extent_mm * rng.uniform(0.35, 0.65, size=3).astype(np.float32)
     count = int(rng.integers(1, 5))
     for value in range(1, count + 1):
-        lesion = rng.random() < 0.35
+        tube = rng.random() < 0.3
+        lesion = not tube and rng.random() < 0.35
         radii = rng.uniform(3.0, 10.0, size=3) if lesion else rng.uniform(7.0, 28.0, size=3)
         radii[0] = max(radii[0], 1.6 * z_spacing)
         if value > 1:  # neighbours sit next to (often touching) the first object
             centre = centre + rng.normal(0.0, 1.0, size=3).astype(np.float32) * radii.astype(np.float32)
-        distance = (
-            ((zz - centre[0]) / radii[0]) ** 2
-            + ((yy - centre[1]) / radii[1]) ** 2
-            + ((xx - centre[2]) / radii[2]) ** 2
-        )
+        if tube:
+            distance = _tube_distance(rng, zz, yy, xx, centre, extent_mm)
+        else:
+            distance = (
+                ((zz - centre[0]) / radii[0]) ** 2
+                + ((yy - centre[1]) / radii[1]) ** 2
+                + ((xx - centre[2]) / radii[2]) ** 2
+            )
         wobble = float(rng.uniform(0.1, 0.5)) * _smooth_noise(rng, shape, int(rng.integers(4, 12)))
         inside = (distance + wobble) < 1.0
         if inside.sum() < MIN_OBJECT_VOXELS:

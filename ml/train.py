@@ -58,6 +58,7 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 SPLITS_FILE = pathlib.Path(__file__).resolve().parent / "splits.json"
 TRAIN_DATASETS = ("Dataset001_Hippocampus", "Dataset002_LeftAtrium")
 MIN_GUIDE_AREA = 3
+LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.5-4x coarser in-plane
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,6 +159,10 @@ class TaskSampler:
         targets = masks_to_network(volume.object_map[offsets] == obj.object_id, crop, size)
         if 0.2 <= corruption < 0.55:
             guide_net = corrupt_masks(guide_net, rng)
+        if rng.random() < LOW_RESOLUTION_CHANCE:
+            factor = float(rng.uniform(1.5, 4.0))
+            images = coarsen_images(images, factor)
+            guide_net = coarsen_masks(guide_net, factor)
         images, masks = augment_geometry(images, torch.cat([guide_net, targets]), rng)
         images = augment_intensity(images, rng)
         return images[0], masks[0], images[1:], masks[1:]
@@ -262,6 +267,10 @@ class TaskSampler:
         )
         target = masks_to_network(truth[None], crop, size)
         del height, width
+        if rng.random() < LOW_RESOLUTION_CHANCE:
+            factor = float(rng.uniform(1.5, 4.0))
+            inputs[:1] = coarsen_images(inputs[:1], factor)
+            inputs[4:5] = coarsen_masks(inputs[4:5], factor)
         stacked, target = augment_geometry(inputs, target, rng, rotate=False)
         stacked[:1] = augment_intensity(stacked[:1], rng)
         return stacked, target
@@ -356,6 +365,28 @@ def corrupt_masks(masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
         soft = F.avg_pool2d(masks[:, None], 7, stride=1, padding=3)[:, 0]
         corrupted = ((soft + float(rng.uniform(0.1, 0.35)) * noise) > 0.5).float()
     return corrupted if corrupted.sum() > 0 else masks
+
+
+def coarsen_images(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """``(C, S, S)`` network images as a scan ``factor`` x coarser in-plane would give them.
+
+    A small object on a coarse grid (TotalSegmentator's 3 mm, a thick-slab CT) reaches the network as a
+    crop of few pixels blown up bilinearly; this reproduces that blur and blockiness.
+    """
+    size = images.shape[-1]
+    coarse = max(8, round(size / factor))
+    small = F.interpolate(images[None], size=(coarse, coarse), mode="area")
+    return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def coarsen_masks(masks: torch.Tensor, factor: float) -> torch.Tensor:
+    """``(C, S, S)`` 0/1 masks as drawn on a ``factor`` x coarser grid, then resized like ``masks_to_network``."""
+    size = masks.shape[-1]
+    coarse = max(8, round(size / factor))
+    small = (F.interpolate(masks[None], size=(coarse, coarse), mode="area") > 0.5).float()
+    if not small.any():
+        return masks
+    return (F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0] > 0.5).float()
 
 
 def augment_geometry(
@@ -576,10 +607,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="data set folder names (train split from ml/splits.json)",
     )
     parser.add_argument(
-        "--synthetic", type=int, default=60, help="number of generated volumes in the pool (0 = off)"
+        "--synthetic", type=int, default=100, help="number of generated volumes in the pool (0 = off)"
     )
     parser.add_argument(
-        "--synthetic-weight", type=float, default=0.2, help="share of tasks drawn from generated volumes"
+        "--synthetic-weight", type=float, default=0.3, help="share of tasks drawn from generated volumes"
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--minutes", type=float, default=60.0, help="training time budget of this invocation")

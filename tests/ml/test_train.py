@@ -63,7 +63,7 @@ def test_loss_falls_when_fitting_a_fixed_batch(sampler: train.TaskSampler) -> No
     box_inputs, box_target = sampler.box2mask_batch(8, 32)
     optimizer = torch.optim.Adam([*propmask.parameters(), *box2mask.parameters()], lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(60):
         output = propmask(batch.guide, batch.guide_mask, batch.adjacent)
         loss = train.segmentation_loss(output.masks, batch.target) + train.segmentation_loss(
             box2mask(box_inputs), box_target
