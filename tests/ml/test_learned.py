@@ -68,6 +68,27 @@ def test_slices_judged_object_free_come_back_below_one_half(predictor, slice_and
     assert probabilities.max() < 0.5
 
 
+def test_flip_averaging_answers_a_mirrored_slice_with_the_mirrored_mask(monkeypatch) -> None:
+    torch.manual_seed(0)
+    averaging = LearnedPredictor.from_untrained("tiny", "cpu")
+    averaging.flip_averaging = True
+
+    def leans_left(guide, guide_mask, adjacent, all_heads=True) -> PropMaskOutput:
+        """A network that only ever sees the left half: logits fall from left to right."""
+        batch, count, size = adjacent.shape[0], adjacent.shape[1], adjacent.shape[-1]
+        ramp = torch.linspace(6.0, -6.0, size).expand(batch, count, size, size)
+        present = torch.full((batch, count), 9.0)
+        return PropMaskOutput(masks=[ramp + adjacent], present=present)
+
+    monkeypatch.setattr(averaging.propmask, "forward", leans_left)
+    square = np.zeros((64, 64), dtype=np.float32)
+    square[24:40, 20:44] = 1.0
+    guide = square > 0
+    probabilities = averaging.propagate(square, guide, square[None], Window(0, 1), (1.0, 1.0))[0]
+    inside = probabilities[16:48, 8:56]  # the crop around the centred guide: symmetric in x
+    assert np.allclose(inside, inside[:, ::-1], atol=0.02)
+
+
 def test_prompt_mask_accepts_box_clicks_and_prior(predictor, slice_and_mask) -> None:
     image, mask = slice_and_mask
     for kwargs in (
