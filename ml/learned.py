@@ -77,9 +77,12 @@ class LearnedPredictor:
         metadata: dict[str, Any] | None = None,
         *,
         flip_averaging: bool = False,
+        present_threshold: float = 0.5,
     ) -> None:
         """``flip_averaging``: propagate the crop and its mirror image in one batch and average both
-        answers (masks and object-present probabilities); about twice the work per slice."""
+        answers (masks and object-present probabilities); about twice the work per slice.
+        ``present_threshold``: a propagated slice whose object-present probability is below it comes back
+        empty (that is where propagation stops)."""
         if box2mask.config.input_size != propmask.config.input_size:
             raise ValueError("Box2Mask and PropMask must share one input size")
         self.device = torch.device(device) if device is not None else default_device()
@@ -88,6 +91,9 @@ class LearnedPredictor:
         self.metadata = dict(metadata or {})
         self.input_size = propmask.config.input_size
         self.flip_averaging = flip_averaging
+        if not 0.0 <= present_threshold < 1.0:
+            raise ValueError(f"present_threshold must be in [0, 1), got {present_threshold}")
+        self.present_threshold = present_threshold
         self._lock = threading.Lock()
 
     @classmethod
@@ -258,7 +264,9 @@ class LearnedPredictor:
                         torch.sigmoid(output.present[0]) if output.present is not None else None
                     )
                 if present_probability is not None:
-                    probabilities = probabilities * (present_probability >= 0.5)[:, None, None]
+                    probabilities = (
+                        probabilities * (present_probability >= self.present_threshold)[:, None, None]
+                    )
                 chunks.append(probabilities.cpu())
         return paste_back(torch.cat(chunks), crop, guide_image.shape)
 

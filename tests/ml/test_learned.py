@@ -66,6 +66,14 @@ def test_slices_judged_object_free_come_back_below_one_half(predictor, slice_and
     monkeypatch.setattr(predictor.propmask, "forward", confident_but_absent)
     probabilities = predictor.propagate(image, mask, np.stack([image] * 3), Window(-1, 6), (1.0, 1.0))
     assert probabilities.max() < 0.5
+    monkeypatch.setattr(predictor, "present_threshold", 0.0)  # a threshold of 0 ignores the present head
+    assert predictor.propagate(image, mask, image[None], Window(-1, 6), (1.0, 1.0)).max() > 0.5
+
+
+def test_present_threshold_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="present_threshold"):
+        untrained = LearnedPredictor.from_untrained("tiny", "cpu")
+        LearnedPredictor(untrained.box2mask, untrained.propmask, "cpu", present_threshold=1.0)
 
 
 def test_flip_averaging_answers_a_mirrored_slice_with_the_mirrored_mask(monkeypatch) -> None:
