@@ -142,29 +142,31 @@ def test_untrained_predictor_is_labelled_and_rejects_unknown_presets() -> None:
 
 
 @pytest.mark.shared_data
-def test_shipped_weights_segment_a_validation_hippocampus_case() -> None:
-    """A broken or missing checkpoint fails here (skipped only when the shared data is absent)."""
+def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor() -> None:
+    """A broken or missing checkpoint fails here (skipped only when the shared data is absent).
+
+    Six validation cases (12 objects), mask prompt on each object's largest slice: the shipped step-6136
+    weights give a mean 3D Dice of 0.670 (0.43-0.85 per object); untrained networks give ~0.
+    """
     dataset = SHARED_DATA / "Dataset001_Hippocampus"
     if not dataset.is_dir():
         pytest.skip("../shared/data is not available")
     assert (DEFAULT_WEIGHTS_DIR / WEIGHTS_FILE).is_file(), (
         "shipped weights ml/weights/proplabel_learned.pt missing"
     )
-    from ml.data import object_volume, read_case
+    from ml.engine import MaskPrompt, load_engine
+    from ml.objects import find_objects, list_cases, load_case
 
-    case_id = json.loads(SPLITS.read_text())["datasets"]["Dataset001_Hippocampus"]["val"][0]
-    volume = object_volume(read_case(dataset, case_id))
-    obj = max(volume.objects, key=lambda item: item.areas.sum())
-    truth = volume.object_map == obj.object_id
-    z = obj.largest_slice
-    image, spacing = volume.case.image, volume.case.spacing
-    try:
-        from ml.engine import MaskPrompt, load_engine
-    except ImportError:
-        from ml.train import segment_object
-
-        result = segment_object(load_learned_predictor(device="cpu"), image, spacing, z, truth[z])
-    else:
-        result = load_engine(device="cpu").segment(image, spacing, MaskPrompt(z, truth[z]))
-    dice = 2 * (result & truth).sum() / (result.sum() + truth.sum())
-    assert dice >= 0.6, f"shipped weights give Dice {dice:.3f} on {case_id}"
+    engine = load_engine(device="cpu")
+    validation = json.loads(SPLITS.read_text())["datasets"]["Dataset001_Hippocampus"]["val"][:6]
+    cases = [case for case in list_cases(dataset) if case.case_id in validation]
+    assert len(cases) == 6
+    scores = []
+    for case in cases:
+        loaded = load_case(case)
+        for obj in find_objects(loaded.labels):
+            z = obj.prompt_slice
+            result = engine.segment(loaded.image, loaded.spacing, MaskPrompt(z, obj.mask[z]))
+            scores.append(2 * (result & obj.mask).sum() / (result.sum() + obj.mask.sum()))
+    assert len(scores) == 12
+    assert np.mean(scores) >= 0.6, f"shipped weights give mean Dice {np.mean(scores):.3f} on {validation}"
