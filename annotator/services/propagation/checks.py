@@ -132,8 +132,14 @@ def check_edited_slices(edited: Any, shape: tuple[int, int, int]) -> dict[int, n
     return masks
 
 
-def check_can_edit(user: AnyUser, case_id: int, label_id: Any | None) -> EditTarget:
-    """The case (404 if invisible), edit right (403), editable status (409), label (400), unlocked (409)."""
+def check_can_edit(
+    user: AnyUser, case_id: int, label_id: Any | None, *, label_required: bool = True
+) -> EditTarget:
+    """The case (404 if invisible), edit right (403), editable status (409), label (400), unlocked (409).
+
+    ``label_required=False`` (undo/redo: whole revisions) accepts ``label_id=None`` and leaves
+    ``EditTarget.label`` None.
+    """
     case = access.get_visible_case(user, case_id)
     if not workflow.may_edit_labels(user, case):
         if case.status in EDITABLE_STATUSES:
@@ -148,6 +154,8 @@ def check_can_edit(user: AnyUser, case_id: int, label_id: Any | None) -> EditTar
     if volume is None:
         raise Conflict("The case has no image yet.", code="no_volume")
     label = None
+    if label_id is None and label_required:
+        raise InvalidInput("label is required.", code="unknown_label")
     if label_id is not None:
         label = LabelClass.objects.filter(project_id=case.project_id, pk=_int(label_id, "label")).first()
         if label is None:

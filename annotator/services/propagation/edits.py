@@ -59,8 +59,6 @@ def merge_label(
 def save_manual_edit(user: AnyUser, case_id: int, data: dict[str, Any]) -> SegmentationRevision:
     """``{label, base_revision, edited_slices: [{z, rle}]}`` -> a new revision (the slices replace the label)."""
     target = check_can_edit(user, case_id, data.get("label"))
-    if target.label is None:
-        raise InvalidInput("label is required.", code="unknown_label")
     edited = check_edited_slices(data.get("edited_slices"), target.shape)
     if not edited:
         raise InvalidInput("edited_slices must not be empty.", code="invalid_edit")
@@ -105,7 +103,7 @@ def _save_manual_edit(
 
 def move_revision(user: AnyUser, case_id: int, data: dict[str, Any], direction: str) -> Case:
     """Undo (``back``: to the parent) or redo (``forward``: to the newest child) the case's current revision."""
-    target = check_can_edit(user, case_id, None)
+    target = check_can_edit(user, case_id, None, label_required=False)
     with transaction.atomic():
         case = locked_case(target.case)
         if "base_revision" in data:

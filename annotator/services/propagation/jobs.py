@@ -90,8 +90,6 @@ def _create_job(
 def start_propagation(user: AnyUser, case_id: int, data: dict[str, Any]) -> PropagationJob:
     """``{label, prompt, base_revision, z_min?, z_max?}`` -> a queued propagation job."""
     target = check_can_edit(user, case_id, data.get("label"))
-    if target.label is None:
-        raise InvalidInput("label is required.", code="unknown_label")
     prompt = check_prompt(data.get("prompt"), target.shape)
     bounds = check_bounds(data.get("z_min"), data.get("z_max"), prompt["z"], target.shape[0])
     return _create_job(target, user, PropagationKind.PROPAGATE, prompt, bounds, data.get("base_revision"))
@@ -100,8 +98,6 @@ def start_propagation(user: AnyUser, case_id: int, data: dict[str, Any]) -> Prop
 def start_refinement(user: AnyUser, case_id: int, data: dict[str, Any]) -> PropagationJob:
     """``{label, base_revision, clicks: [{z,y,x,positive}], edited_slices: [{z, rle}]}`` -> a queued job."""
     target = check_can_edit(user, case_id, data.get("label"))
-    if target.label is None:
-        raise InvalidInput("label is required.", code="unknown_label")
     clicks = check_clicks(data.get("clicks"), target.shape)
     edited = check_edited_slices(data.get("edited_slices"), target.shape)
     if not clicks and not edited:
