@@ -437,18 +437,20 @@ def _export_folder(
 def _finish(job: ExportJob, status: str, **fields: Any) -> None:
     with transaction.atomic():
         ExportJob.objects.filter(pk=job.pk).update(status=status, finished_at=timezone.now(), **fields)
-        audit.record(
-            job.created_by,
-            f"export.{status}",
-            project=job.project,
-            obj=job,
-            data={
-                "format": job.format,
-                "error": fields.get("error", ""),
-                "cases": fields.get("case_count", 0),
-                "bytes": fields.get("size_bytes", 0),
-            },
+        _record_end(
+            job, status, fields.get("error", ""), fields.get("case_count", 0), fields.get("size_bytes", 0)
         )
+
+
+def _record_end(job: ExportJob, status: str, error: str, case_count: int, size_bytes: int) -> None:
+    """The ``export.<status>`` audit event of a job that ended (in the worker, or by the stale sweep)."""
+    audit.record(
+        job.created_by,
+        f"export.{status}",
+        project=job.project,
+        obj=job,
+        data={"format": job.format, "error": error, "cases": case_count, "bytes": size_bytes},
+    )
 
 
 def run_export_job(job_id: int) -> None:
@@ -522,13 +524,7 @@ def _requeued(job: ExportJob) -> None:
 
 
 def _failed(job: ExportJob) -> None:
-    audit.record(
-        job.created_by,
-        "export.failed",
-        project=job.project,
-        obj=job,
-        data={"format": job.format, "error": job.error, "cases": 0, "bytes": 0},
-    )
+    _record_end(job, ExportStatus.FAILED, job.error, 0, 0)
 
 
 def sweep_stale_exports() -> dict[str, list[int]]:

@@ -260,18 +260,20 @@ def _finish(
             warnings=warnings or [],
             finished_at=timezone.now(),
         )
-        audit.record(
-            job.created_by,
-            f"import.{status}",
-            project=job.project,
-            obj=job,
-            data={
-                "error": error,
-                "code": error_code,
-                "cases": case_ids or [],
-                "file_errors": len(file_errors or []),
-            },
-        )
+        _record_end(job, status, error, error_code, case_ids or [], len(file_errors or []))
+
+
+def _record_end(
+    job: ImportJob, status: str, error: str, error_code: str, case_ids: list[int], file_errors: int
+) -> None:
+    """The ``import.<status>`` audit event of a job that ended (in the worker, or by the stale sweep)."""
+    audit.record(
+        job.created_by,
+        f"import.{status}",
+        project=job.project,
+        obj=job,
+        data={"error": error, "code": error_code, "cases": case_ids, "file_errors": file_errors},
+    )
 
 
 def _upload_paths(job: ImportJob) -> tuple[list[Path], Path | None]:
@@ -457,17 +459,7 @@ def _failed_fields(job: ImportJob) -> dict[str, Any]:
 
 
 def _failed(job: ImportJob) -> None:
-    audit.record(
-        job.created_by,
-        f"import.{job.status}",
-        project=job.project,
-        obj=job,
-        data={
-            "error": job.error,
-            "code": job.error_code,
-            "cases": list(job.cases.values_list("pk", flat=True)),
-        },
-    )
+    _record_end(job, job.status, job.error, job.error_code, list(job.cases.values_list("pk", flat=True)), 0)
     upload_dir = job.upload_dir
     transaction.on_commit(lambda: storage.delete_folder(upload_dir))
 
