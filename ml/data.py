@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+"""Where the shared nnU-Net raw data sets sit: ``../shared/data`` beside the repository."""
 MIN_OBJECT_SLICES = 2
 MIN_OBJECT_VOXELS = 50
 

@@ -245,28 +245,17 @@ class LearnedPredictor:
             for start in range(0, targets.shape[0], PROPAGATION_CHUNK):
                 adjacent = images_to_network(targets[start : start + PROPAGATION_CHUNK], crop, window, size)
                 adjacent = adjacent[None].to(self.device)
+                inputs = (guide, guide_net_mask, adjacent)
+                if self.flip_averaging:  # the crop and its mirror image in one batch
+                    inputs = tuple(torch.cat([item, item.flip(-1)]) for item in inputs)
+                output = self.propmask(*inputs, all_heads=False)
+                masks = torch.sigmoid(output.masks[0])  # (1 or 2, K, S, S)
                 if self.flip_averaging:
-                    output = self.propmask(
-                        torch.cat([guide, guide.flip(-1)]),
-                        torch.cat([guide_net_mask, guide_net_mask.flip(-1)]),
-                        torch.cat([adjacent, adjacent.flip(-1)]),
-                        all_heads=False,
-                    )
-                    masks = torch.sigmoid(output.masks[0])
-                    probabilities = (masks[0] + masks[1].flip(-1)) / 2
-                    present_probability = (
-                        torch.sigmoid(output.present).mean(dim=0) if output.present is not None else None
-                    )
-                else:
-                    output = self.propmask(guide, guide_net_mask, adjacent, all_heads=False)
-                    probabilities = torch.sigmoid(output.masks[0][0])
-                    present_probability = (
-                        torch.sigmoid(output.present[0]) if output.present is not None else None
-                    )
-                if present_probability is not None:
-                    probabilities = (
-                        probabilities * (present_probability >= self.present_threshold)[:, None, None]
-                    )
+                    masks = torch.stack([masks[0], masks[1].flip(-1)])
+                probabilities = masks.mean(dim=0)
+                if output.present is not None:
+                    present = torch.sigmoid(output.present).mean(dim=0) >= self.present_threshold
+                    probabilities = probabilities * present[:, None, None]
                 chunks.append(probabilities.cpu())
         return paste_back(torch.cat(chunks), crop, guide_image.shape)
 

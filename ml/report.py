@@ -21,8 +21,8 @@ import sys
 from collections.abc import Sequence
 
 from ml import evaluate
+from ml.data import DEFAULT_DATA_DIR
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DEFAULT_DATASETS = (
     "Dataset001_Hippocampus",
     "Dataset002_LeftAtrium",
@@ -95,7 +95,7 @@ def table(datasets: Sequence[str], engines: Sequence[str], out: pathlib.Path) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=pathlib.Path, default=DEFAULT_DATA)
+    parser.add_argument("--data-dir", type=pathlib.Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS))
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--weights", type=pathlib.Path, default=None, help="learned weights folder")

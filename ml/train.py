@@ -39,7 +39,14 @@ from scipy import ndimage
 
 from ml.checkpoint import load_training_state, load_weights, save_training_state
 from ml.config import MIN_CROP_SIDE, PRESETS, slices_per_side
-from ml.data import ObjectVolume, list_cases, object_volume, read_case, synthetic_case
+from ml.data import (
+    DEFAULT_DATA_DIR,
+    ObjectVolume,
+    list_cases,
+    object_volume,
+    read_case,
+    synthetic_case,
+)
 from ml.learned import LearnedPredictor
 from ml.networks import Box2Mask, PropMask
 from ml.predictor import window_from_mask
@@ -54,7 +61,6 @@ from ml.preprocess import (
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 SPLITS_FILE = pathlib.Path(__file__).resolve().parent / "splits.json"
 TRAIN_DATASETS = ("Dataset001_Hippocampus", "Dataset002_LeftAtrium")
 MIN_GUIDE_AREA = 3
@@ -159,10 +165,9 @@ class TaskSampler:
         targets = masks_to_network(volume.object_map[offsets] == obj.object_id, crop, size)
         if 0.2 <= corruption < 0.55:
             guide_net = corrupt_masks(guide_net, rng)
-        if rng.random() < LOW_RESOLUTION_CHANCE:
-            factor = float(rng.uniform(1.5, 4.0))
-            images = coarsen_images(images, factor)
-            guide_net = coarsen_masks(guide_net, factor)
+        factor = low_resolution_factor(rng)
+        if factor is not None:
+            images, guide_net = coarsen(images, factor), coarsen(guide_net, factor, binary=True)
         images, masks = augment_geometry(images, torch.cat([guide_net, targets]), rng)
         images = augment_intensity(images, rng)
         return images[0], masks[0], images[1:], masks[1:]
@@ -267,10 +272,10 @@ class TaskSampler:
         )
         target = masks_to_network(truth[None], crop, size)
         del height, width
-        if rng.random() < LOW_RESOLUTION_CHANCE:
-            factor = float(rng.uniform(1.5, 4.0))
-            inputs[:1] = coarsen_images(inputs[:1], factor)
-            inputs[4:5] = coarsen_masks(inputs[4:5], factor)
+        factor = low_resolution_factor(rng)
+        if factor is not None:
+            inputs[:1] = coarsen(inputs[:1], factor)
+            inputs[4:5] = coarsen(inputs[4:5], factor, binary=True)  # the prior mask
         stacked, target = augment_geometry(inputs, target, rng, rotate=False)
         stacked[:1] = augment_intensity(stacked[:1], rng)
         return stacked, target
@@ -367,26 +372,27 @@ def corrupt_masks(masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor
     return corrupted if corrupted.sum() > 0 else masks
 
 
-def coarsen_images(images: torch.Tensor, factor: float) -> torch.Tensor:
-    """``(C, S, S)`` network images as a scan ``factor`` x coarser in-plane would give them.
+def low_resolution_factor(rng: np.random.Generator) -> float | None:
+    """For ``LOW_RESOLUTION_CHANCE`` of tasks, how much coarser in-plane to show them (1.5-4x); else None."""
+    return float(rng.uniform(1.5, 4.0)) if rng.random() < LOW_RESOLUTION_CHANCE else None
+
+
+def coarsen(batch: torch.Tensor, factor: float, *, binary: bool = False) -> torch.Tensor:
+    """``(C, S, S)`` network images (or, ``binary``, 0/1 masks) as a scan ``factor`` x coarser in-plane gives them.
 
     A small object on a coarse grid (TotalSegmentator's 3 mm, a thick-slab CT) reaches the network as a
-    crop of few pixels blown up bilinearly; this reproduces that blur and blockiness.
+    crop of few pixels blown up bilinearly; this reproduces that blur and blockiness. Masks are re-drawn on
+    the coarse grid and resized like ``masks_to_network`` (a mask that vanishes there is kept as it was).
     """
-    size = images.shape[-1]
+    size = batch.shape[-1]
     coarse = max(8, round(size / factor))
-    small = F.interpolate(images[None], size=(coarse, coarse), mode="area")
-    return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0]
-
-
-def coarsen_masks(masks: torch.Tensor, factor: float) -> torch.Tensor:
-    """``(C, S, S)`` 0/1 masks as drawn on a ``factor`` x coarser grid, then resized like ``masks_to_network``."""
-    size = masks.shape[-1]
-    coarse = max(8, round(size / factor))
-    small = (F.interpolate(masks[None], size=(coarse, coarse), mode="area") > 0.5).float()
-    if not small.any():
-        return masks
-    return (F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0] > 0.5).float()
+    small = F.interpolate(batch[None], size=(coarse, coarse), mode="area")
+    if binary:
+        small = (small > 0.5).float()
+        if not small.any():
+            return batch
+    blown_up = F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)[0]
+    return (blown_up > 0.5).float() if binary else blown_up
 
 
 def augment_geometry(
@@ -598,7 +604,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m ml.train", description="Train Box2Mask + PropMask (PropSAM-style)."
     )
     parser.add_argument(
-        "--data-dir", type=pathlib.Path, default=DEFAULT_DATA, help="folder holding nnU-Net raw data sets"
+        "--data-dir", type=pathlib.Path, default=DEFAULT_DATA_DIR, help="folder holding nnU-Net raw data sets"
     )
     parser.add_argument(
         "--datasets",
