@@ -8,6 +8,10 @@ PropSAM task sampling (reference/propsam_method.md 1.6, issue 4):
   window from the guide foreground's 0.5-99.5 percentiles (jittered), one random flip/rot90/rotation/scale for
   the whole task, intensity augmentation, and a corrupted guide mask for half of the tasks (eroded, dilated,
   boundary noise, or the mask of a neighbouring slice: what the model's own drifting prediction looks like).
+* Rollout tasks (``--rollout``, half of the tasks by default): the guide mask is the network's own
+  prediction of the guide slice from a true (sometimes corrupted) mask 1-8 slices behind it, made with the
+  current weights just before the step. At inference every chunk is guided by the previous chunk's output;
+  the corrupted guides above only imitate that drift, these are it.
 * Box2Mask sample: an object slice with a box jittered like a user draws it (55%), a click-only prompt
   (20%), or a correction (25%: a corrupted prior mask, clicks at the centres of its largest error regions,
   a box half of the time).
@@ -65,6 +69,8 @@ SPLITS_FILE = pathlib.Path(__file__).resolve().parent / "splits.json"
 TRAIN_DATASETS = ("Dataset001_Hippocampus", "Dataset002_LeftAtrium")
 MIN_GUIDE_AREA = 3
 LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.5-4x coarser in-plane
+MAX_ROLLOUT_HOP = 8
+"""Furthest (in slices) a rollout task's source slice lies behind its guide (see ``PropBatch``)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,19 +79,39 @@ LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.
 
 @dataclass
 class PropBatch:
-    """``guide``/``guide_mask`` ``(B, 1, S, S)``, ``adjacent``/``target`` ``(B, K, S, S)``, ``present (B, K)``."""
+    """``guide``/``guide_mask`` ``(B, 1, S, S)``, ``adjacent``/``target`` ``(B, K, S, S)``, ``present (B, K)``.
+
+    Rollout tasks (``rollout (B,)`` True) carry a source slice ``source``/``source_mask`` ``(B, 1, S, S)``
+    1-``MAX_ROLLOUT_HOP`` slices behind the guide (away from the targets) in the same crop: before the
+    training step, the network's own prediction of the guide slice from that source replaces the true guide
+    mask (``apply_rollout_guides``), so the model learns from guides that drifted the way its own do at
+    inference, where every chunk is guided by the previous chunk's output. Other tasks carry zeros there.
+    """
 
     guide: torch.Tensor
     guide_mask: torch.Tensor
     adjacent: torch.Tensor
     target: torch.Tensor
     present: torch.Tensor
+    source: torch.Tensor
+    source_mask: torch.Tensor
+    rollout: torch.Tensor
 
 
 class TaskSampler:
     """Draws PropMask tasks and Box2Mask samples from weighted pools of ``ObjectVolume``s."""
 
-    def __init__(self, pools: dict[str, list[ObjectVolume]], weights: dict[str, float], seed: int) -> None:
+    def __init__(
+        self,
+        pools: dict[str, list[ObjectVolume]],
+        weights: dict[str, float],
+        seed: int,
+        rollout_chance: float = 0.0,
+    ) -> None:
+        """``rollout_chance``: share of PropMask tasks whose guide mask the network predicts itself."""
+        if not 0.0 <= rollout_chance <= 1.0:
+            raise ValueError(f"rollout_chance must be in [0, 1], got {rollout_chance}")
+        self.rollout_chance = rollout_chance
         self.pools = {name: [v for v in pool if v.objects] for name, pool in pools.items()}
         self.pools = {name: pool for name, pool in self.pools.items() if pool}
         if not self.pools:
@@ -107,10 +133,32 @@ class TaskSampler:
 
     def propmask_batch(self, tasks: int, adjacent: int, size: int) -> PropBatch:
         parts = [self._propmask_task(adjacent, size) for _ in range(tasks)]
-        guide, guide_mask, images, targets = (torch.stack([part[i] for part in parts]) for i in range(4))
-        return PropBatch(
-            guide[:, None], guide_mask[:, None], images, targets, (targets.flatten(2).amax(2) > 0).float()
+        guide, guide_mask, images, targets, source, source_mask = (
+            torch.stack([part[i] for part in parts]) for i in range(6)
         )
+        return PropBatch(
+            guide[:, None],
+            guide_mask[:, None],
+            images,
+            targets,
+            (targets.flatten(2).amax(2) > 0).float(),
+            source[:, None],
+            source_mask[:, None],
+            torch.tensor([bool(part[6]) for part in parts]),
+        )
+
+    def _rollout_source(self, obj: Any, guide_z: int, direction: int, depth: int) -> int | None:
+        """A slice of the object 1-``MAX_ROLLOUT_HOP`` slices behind ``guide_z`` (against ``direction``)."""
+        hop = int(self.rng.integers(1, MAX_ROLLOUT_HOP + 1))
+        for distance in range(hop, 0, -1):
+            z = guide_z - direction * distance
+            if (
+                0 <= z < depth
+                and obj.z_first <= z <= obj.z_last
+                and obj.areas[z - obj.z_first] >= MIN_GUIDE_AREA
+            ):
+                return z
+        return None
 
     def _propmask_task(self, count: int, size: int) -> tuple[torch.Tensor, ...]:
         rng = self.rng
@@ -144,6 +192,11 @@ class TaskSampler:
             offsets.append(int(np.clip(z, 0, depth - 1)))
         guide_truth = self._object_slice(volume, obj, guide_z)
         guide_used = guide_truth
+        source_z = (
+            self._rollout_source(obj, guide_z, direction, depth)
+            if rng.random() < self.rollout_chance
+            else None
+        )
         corruption = rng.random()
         if corruption < 0.2:  # a neighbour's true mask on this image: like a guide that drifted one step
             neighbour = guide_z + int(rng.choice([-2, -1, 1, 2]))
@@ -159,18 +212,28 @@ class TaskSampler:
         window = type(window)(
             window.low + rng.normal(0, 0.05) * width, window.high + rng.normal(0, 0.05) * width
         )
-        slices = np.concatenate([image[guide_z][None], image[offsets]])
-        images = images_to_network(slices, crop, window, size)
+        # The source slice (rollout tasks) rides last in the stack so that it gets the same augmentation.
+        stack_z = [guide_z, *offsets] + ([source_z] if source_z is not None else [])
+        images = images_to_network(image[stack_z], crop, window, size)
         guide_net = masks_to_network(guide_used[None], crop, size)
         targets = masks_to_network(volume.object_map[offsets] == obj.object_id, crop, size)
-        if 0.2 <= corruption < 0.55:
+        extra = []
+        if source_z is not None:
+            extra = [masks_to_network(self._object_slice(volume, obj, source_z)[None], crop, size)]
+            if rng.random() < 0.5:  # the source itself may have drifted already
+                extra[0] = corrupt_masks(extra[0], rng)
+        elif 0.2 <= corruption < 0.55:
             guide_net = corrupt_masks(guide_net, rng)
         factor = low_resolution_factor(rng)
         if factor is not None:
             images, guide_net = coarsen(images, factor), coarsen(guide_net, factor, binary=True)
-        images, masks = augment_geometry(images, torch.cat([guide_net, targets]), rng)
+            extra = [coarsen(mask, factor, binary=True) for mask in extra]
+        images, masks = augment_geometry(images, torch.cat([guide_net, targets, *extra]), rng)
         images = augment_intensity(images, rng)
-        return images[0], masks[0], images[1:], masks[1:]
+        if source_z is None:
+            empty = torch.zeros_like(images[0])
+            return images[0], masks[0], images[1:], masks[1:], empty, empty, False
+        return images[0], masks[0], images[1:-1], masks[1:-1], images[-1], masks[-1], True
 
     # ----------------------------------------------------------------- Box2Mask
 
@@ -433,6 +496,29 @@ def augment_intensity(images: torch.Tensor, rng: np.random.Generator) -> torch.T
 # Loss
 
 
+@torch.no_grad()
+def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.device) -> int:
+    """Replace the guide masks of rollout tasks by the network's own thresholded prediction of the guide
+    slice from the task's source slice (see ``PropBatch``); a prediction that comes back empty or judged
+    object-free keeps the true guide. Returns how many guides were replaced."""
+    indices = torch.nonzero(batch.rollout).flatten()
+    if indices.numel() == 0:
+        return 0
+    output = propmask(
+        batch.source[indices].to(device),
+        batch.source_mask[indices].to(device),
+        batch.guide[indices].to(device),
+        all_heads=False,
+    )
+    predicted = torch.sigmoid(output.masks[0]) >= 0.5  # (R, 1, S, S)
+    if output.present is not None:
+        predicted &= (torch.sigmoid(output.present) >= 0.5)[:, :, None, None]
+    predicted = predicted.float().cpu()
+    usable = predicted.flatten(1).sum(1) > 0
+    batch.guide_mask[indices[usable]] = predicted[usable]
+    return int(usable.sum())
+
+
 def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Batch soft Dice + BCE at every deep-supervision level (weights 1, 1/2, 1/4, ... normalised).
 
@@ -645,6 +731,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="decoder",
         help="object-present head input; resuming a checkpoint with the other kind re-initialises that head",
     )
+    parser.add_argument(
+        "--rollout",
+        type=float,
+        default=0.5,
+        help="share of PropMask tasks guided by the network's own prediction of the guide slice",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--val-minutes", type=float, default=12.0)
@@ -728,7 +820,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
     weights = {name: (1.0 - args.synthetic_weight) / max(1, len(args.datasets)) for name in args.datasets}
     weights["synthetic"] = args.synthetic_weight
-    sampler = TaskSampler(pools, weights, seed=args.seed + step)
+    sampler = TaskSampler(pools, weights, seed=args.seed + step, rollout_chance=args.rollout)
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
     )
@@ -743,6 +835,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "synthetic_volumes": args.synthetic,
             "preset": args.preset,
             "tasks_per_step": args.tasks,
+            "rollout_chance": args.rollout,
             "hardware": f"{device.type}, {torch.get_num_threads()} threads",
             "command": " ".join(sys.argv),
         }
@@ -792,6 +885,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         batch = sampler.propmask_batch(args.tasks, prop_config.adjacent_slices, size)
+        rollout_guides = apply_rollout_guides(propmask, batch, device)
         output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
         target = batch.target.to(device)
         mask_loss = segmentation_loss(output.masks, target)
@@ -805,7 +899,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)
         optimizers["propmask"].step()
-        losses = {"prop": mask_loss.item(), "present": present_loss.item()}
+        losses = {"prop": mask_loss.item(), "present": present_loss.item(), "rollout": float(rollout_guides)}
         if step % args.box_every == 0:
             inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
             box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))

@@ -39,6 +39,58 @@ def test_propmask_tasks_have_guides_targets_and_empty_slices_past_the_ends(
     assert 0.1 < float(present.mean()) < 0.95  # the present head sees both answers
 
 
+def test_rollout_tasks_carry_a_source_slice_of_the_object_behind_their_guide() -> None:
+    rng = np.random.default_rng(5)
+    volumes = [object_volume(synthetic_case(rng, f"r{i}")) for i in range(3)]
+    always = train.TaskSampler({"synthetic": volumes}, {"synthetic": 1.0}, seed=1, rollout_chance=1.0)
+    never = train.TaskSampler({"synthetic": volumes}, {"synthetic": 1.0}, seed=1, rollout_chance=0.0)
+
+    rolled = always.propmask_batch(12, 4, 32)
+    plain = never.propmask_batch(12, 4, 32)
+
+    assert float(rolled.rollout.float().mean()) > 0.8  # only objects one slice thick have no source
+    assert torch.all(rolled.source_mask[rolled.rollout].flatten(1).amax(1) == 1)
+    assert tuple(rolled.source.shape) == (12, 1, 32, 32)
+    assert not plain.rollout.any() and plain.source_mask.max() == 0
+
+
+def _propmask_answering(value: float) -> PropMask:
+    """A tiny PropMask whose mask and present logits are ``value`` everywhere (biases only)."""
+    propmask = PropMask(TINY_PROPMASK).eval()
+    with torch.no_grad():
+        head = propmask.decoder.heads[0]
+        head.weight.zero_()
+        head.bias.fill_(value)
+        final = propmask.present[-1]
+        final.weight.zero_()
+        final.bias.fill_(value)
+    return propmask
+
+
+def test_rollout_guides_are_replaced_by_the_networks_own_prediction(sampler: train.TaskSampler) -> None:
+    batch = sampler.propmask_batch(4, 2, 32)
+    batch.rollout = torch.tensor([True, False, True, False])
+    batch.source_mask[:] = 1.0
+    true_guides = batch.guide_mask.clone()
+
+    replaced = train.apply_rollout_guides(_propmask_answering(10.0), batch, torch.device("cpu"))
+
+    assert replaced == 2
+    assert torch.all(batch.guide_mask[[0, 2]] == 1)  # the (all-foreground) prediction is the new guide
+    assert torch.equal(batch.guide_mask[[1, 3]], true_guides[[1, 3]])
+
+
+def test_an_empty_rollout_prediction_keeps_the_true_guide(sampler: train.TaskSampler) -> None:
+    batch = sampler.propmask_batch(3, 2, 32)
+    batch.rollout = torch.tensor([True, True, True])
+    true_guides = batch.guide_mask.clone()
+
+    replaced = train.apply_rollout_guides(_propmask_answering(-10.0), batch, torch.device("cpu"))
+
+    assert replaced == 0
+    assert torch.equal(batch.guide_mask, true_guides)
+
+
 def test_box2mask_samples_carry_box_click_and_prior_channels(sampler: train.TaskSampler) -> None:
     inputs, target = sampler.box2mask_batch(48, 32)
     assert tuple(inputs.shape) == (48, 5, 32, 32) and tuple(target.shape) == (48, 1, 32, 32)
