@@ -147,16 +147,12 @@ class TaskSampler:
             torch.tensor([bool(part[6]) for part in parts]),
         )
 
-    def _rollout_source(self, obj: Any, guide_z: int, direction: int, depth: int) -> int | None:
+    def _rollout_source(self, obj: Any, guide_z: int, direction: int) -> int | None:
         """A slice of the object 1-``MAX_ROLLOUT_HOP`` slices behind ``guide_z`` (against ``direction``)."""
         hop = int(self.rng.integers(1, MAX_ROLLOUT_HOP + 1))
         for distance in range(hop, 0, -1):
             z = guide_z - direction * distance
-            if (
-                0 <= z < depth
-                and obj.z_first <= z <= obj.z_last
-                and obj.areas[z - obj.z_first] >= MIN_GUIDE_AREA
-            ):
+            if obj.z_first <= z <= obj.z_last and obj.areas[z - obj.z_first] >= MIN_GUIDE_AREA:
                 return z
         return None
 
@@ -193,9 +189,7 @@ class TaskSampler:
         guide_truth = self._object_slice(volume, obj, guide_z)
         guide_used = guide_truth
         source_z = (
-            self._rollout_source(obj, guide_z, direction, depth)
-            if rng.random() < self.rollout_chance
-            else None
+            self._rollout_source(obj, guide_z, direction) if rng.random() < self.rollout_chance else None
         )
         corruption = rng.random()
         if corruption < 0.2:  # a neighbour's true mask on this image: like a guide that drifted one step
@@ -492,10 +486,6 @@ def augment_intensity(images: torch.Tensor, rng: np.random.Generator) -> torch.T
     return (unit * 2.0 - 1.0).clamp(-1.5, 1.5)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loss
-
-
 @torch.no_grad()
 def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.device) -> int:
     """Replace the guide masks of rollout tasks by the network's own thresholded prediction of the guide
@@ -517,6 +507,10 @@ def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.dev
     usable = predicted.flatten(1).sum(1) > 0
     batch.guide_mask[indices[usable]] = predicted[usable]
     return int(usable.sum())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss
 
 
 def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
