@@ -145,8 +145,12 @@ PRESETS: dict[str, tuple[Box2MaskConfig, PropMaskConfig]] = {
 # Inference geometry shared by training (as the centre of its random ranges) and the learned predictor.
 CROP_SCALE = 1.5
 """Square crop side = CROP_SCALE * max(box height, box width) at inference."""
-MIN_CROP_SIDE = 24
-"""Smallest crop side in pixels (tiny objects are upsampled at most input_size / MIN_CROP_SIDE times)."""
+MIN_CROP_SIDE = 12
+"""Smallest crop side in pixels (tiny objects are upsampled at most input_size / MIN_CROP_SIDE times).
+
+12 rather than 24: with 24, an object 5-8 voxels across (spinal cord, IVC, adrenals at 3 mm) filled only a
+quarter of the crop and the step-13894 weights over-segmented it 2-4x; 12 gave box Dice +0.04 on both held-out
+TotalSegmentator sets, +0.005 hippocampus, +0.000 left atrium (8 lost 0.06 on CT)."""
 PROPAGATION_MM = 20.0
 """Adjacent slices are taken within this distance of the guide (PropSAM's 20 mm)."""
 MAX_SLICES_PER_SIDE = 40

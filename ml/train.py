@@ -474,9 +474,18 @@ def augment_geometry(
     return images.contiguous(), masks.contiguous()
 
 
+INVERT_PROBABILITY = 0.2
+"""Share of tasks whose windowed images are inverted (dark <-> bright). The real training objects are brighter
+than their surroundings (hippocampus, LGE atrium); inverted, they teach that the guide mask, not the polarity,
+says what the object is (lungs and fluid in CT, T1 versus T2 MR)."""
+
+
 def augment_intensity(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Gamma, contrast/brightness and noise on ``(C, S, S)`` images in [-1, 1] (same for all but the noise)."""
+    """Inversion, gamma, contrast/brightness and noise on ``(C, S, S)`` images in [-1, 1] (the same for every
+    channel but the noise, so a task's guide and adjacent slices keep one contrast)."""
     unit = (images + 1.0) / 2.0
+    if rng.random() < INVERT_PROBABILITY:
+        unit = 1.0 - unit
     if rng.random() < 0.3:
         unit = unit.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.25)))
     if rng.random() < 0.5:

@@ -91,6 +91,22 @@ def test_an_empty_rollout_prediction_keeps_the_true_guide(sampler: train.TaskSam
     assert torch.equal(batch.guide_mask, true_guides)
 
 
+def test_a_share_of_tasks_sees_the_object_with_inverted_contrast_on_every_slice_at_once() -> None:
+    rng = np.random.default_rng(7)
+    ramp = torch.linspace(-1.0, 1.0, 32 * 32).reshape(1, 32, 32).repeat(3, 1, 1)
+    inverted = 0
+    draws = 400
+    for _ in range(draws):
+        augmented = train.augment_intensity(ramp.clone(), rng)
+        signs = {
+            bool(np.corrcoef(augmented[channel].flatten(), ramp[channel].flatten())[0, 1] < 0)
+            for channel in range(3)
+        }
+        assert len(signs) == 1, "guide and adjacent slices must keep one contrast"
+        inverted += signs.pop()
+    assert abs(inverted / draws - train.INVERT_PROBABILITY) < 0.06
+
+
 def test_box2mask_samples_carry_box_click_and_prior_channels(sampler: train.TaskSampler) -> None:
     inputs, target = sampler.box2mask_batch(48, 32)
     assert tuple(inputs.shape) == (48, 5, 32, 32) and tuple(target.shape) == (48, 1, 32, 32)
