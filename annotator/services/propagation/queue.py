@@ -108,7 +108,9 @@ def job_payload(job: PropagationJob, positions: dict[int, int] | None = None) ->
     """The job as the API and the events show it (JSON-ready)."""
     position = None
     if job.status == JobStatus.QUEUED:
-        position = (positions if positions is not None else queue_positions()).get(job.pk)
+        # Read after ``job`` was: a queued job already gone from the queue was just claimed by a worker,
+        # so it is at the front (``None`` here would contradict the status shown beside it).
+        position = (positions if positions is not None else queue_positions()).get(job.pk, 0)
 
     def stamp(value: Any) -> str | None:
         return value.isoformat() if value else None
