@@ -6,8 +6,9 @@ PropSAM task sampling (reference/propsam_method.md 1.6, issue 4):
   20 mm (biased towards the guide and, near the ends, outwards so that many targets are empty: they teach
   the object-present head where to stop), a square crop 1-2x the guide box with a jittered centre, the
   window from the guide foreground's 0.5-99.5 percentiles (jittered), one random flip/rot90/rotation/scale for
-  the whole task, intensity augmentation (inverted contrast in 20 % of tasks), and a corrupted guide mask for half of the tasks (eroded, dilated,
-  boundary noise, or the mask of a neighbouring slice: what the model's own drifting prediction looks like).
+  the whole task, intensity augmentation (inverted contrast in 20 % of tasks), and a corrupted guide mask for
+  half of the tasks (eroded, dilated, boundary noise, or the mask of a neighbouring slice: what the model's
+  own drifting prediction looks like).
 * Rollout tasks (``--rollout``, half of the tasks by default): the guide mask is the network's own
   prediction of the guide slice from a true (sometimes corrupted) mask 1-8 slices behind it, made with the
   current weights just before the step. At inference every chunk is guided by the previous chunk's output;
@@ -224,13 +225,13 @@ class TaskSampler:
             extra = [coarsen(mask, factor, binary=True) for mask in extra]
         images, masks = augment_geometry(images, torch.cat([guide_net, targets, *extra]), rng)
         images = augment_intensity(images, rng)
-        # A source whose object fell outside the guide's crop cannot guide a prediction: a plain task.
-        if source_z is not None and masks[-1].sum() > 0:
-            return images[0], masks[0], images[1:-1], masks[1:-1], images[-1], masks[-1], True
-        if source_z is not None:
-            images, masks = images[:-1], masks[:-1]
-        empty = torch.zeros_like(images[0])
-        return images[0], masks[0], images[1:], masks[1:], empty, empty, False
+        if source_z is not None and masks[-1].sum() == 0:
+            # The source's object fell outside the guide's crop, so it cannot guide a prediction.
+            images, masks, source_z = images[:-1], masks[:-1], None
+        if source_z is None:
+            empty = torch.zeros_like(images[0])
+            return images[0], masks[0], images[1:], masks[1:], empty, empty, False
+        return images[0], masks[0], images[1:-1], masks[1:-1], images[-1], masks[-1], True
 
     # ----------------------------------------------------------------- Box2Mask
 
