@@ -7,9 +7,11 @@ In one run, on the same generated inputs and through the same ``LearnedPredictor
   preset when no weights are shipped yet: same architecture, same speed) and for the paper-size
   configuration (PropSAM: channels 32..512, 224 px, untrained: only its speed matters here),
 * their ratio,
-* the time to propagate a 100-slice object with the shipped configuration (PropSAM windows of 20 slices
-  per call at 1 mm, every slice predicted once; the network is run whatever it predicts, so the figure does
-  not depend on where an untrained model would stop).
+* the time to propagate a 100-slice object with the shipped configuration (the loop's chunks at 1 mm:
+  ``ml.propagation.chunk_slices``, 8 slices per call; every slice predicted once; the network is run
+  whatever it predicts, so the figure does not depend on where an untrained model would stop).
+
+Per-slice figures use ``MAX_CHUNK_SLICES`` targets per call by default, the most the loop ever sends.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.config import slices_per_side
 from ml.learned import LearnedPredictor, load_learned_predictor
 from ml.predictor import Window
+from ml.propagation import MAX_CHUNK_SLICES, chunk_slices
 
 
 def generated_volume(depth: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +60,10 @@ def time_propagation(
 
 
 def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray) -> float:
-    """Seconds to predict every slice of the object once, outward from its middle, in 20 mm windows."""
+    """Seconds to predict every slice of the object once, outward from its middle, in the loop's chunks."""
     depth = image.shape[0]
     middle = depth // 2
-    reach = slices_per_side(1.0)
+    reach = chunk_slices(1.0)
     window = Window(0.0, 100.0)
     started = time.perf_counter()
     for direction in (1, -1):
@@ -78,7 +80,7 @@ def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray
 
 
 def run(
-    slices: int = 16, paper_slices: int = 4, repeats: int = 3, size: int = 256, threads: int = 2
+    slices: int = MAX_CHUNK_SLICES, paper_slices: int = 4, repeats: int = 3, size: int = 256, threads: int = 2
 ) -> dict[str, Any]:
     """All figures as a dict (see the module docstring)."""
     torch.set_num_threads(threads)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prog="python -m ml.benchmark", description="PropMask speed, shipped vs paper size."
     )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")
-    parser.add_argument("--slices", type=int, default=16, help="targets per propagate call (shipped)")
+    parser.add_argument("--slices", type=int, default=MAX_CHUNK_SLICES, help="targets per propagate call (shipped)")
     parser.add_argument("--paper-slices", type=int, default=4, help="targets per propagate call (paper size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(

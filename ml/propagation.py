@@ -8,8 +8,9 @@ Propagation from a prompt on slice ``g``:
 1. The prompt slice's 2D mask (box/click -> ``predictor.prompt_mask``; a mask prompt as given) is
    yielded before any propagation work, so a viewer paints it at once.
 2. The intensity window is taken once, from the 0.5-99.5 percentiles of the prompt's foreground.
-3. Each direction advances in chunks of ``Z = max(1, round(chunk_mm / sz))`` slices (about 20 mm, so the
-   number of autoregressive steps does not depend on slice thickness); the guide of the next chunk is the
+3. Each direction advances in chunks of ``Z = clip(round(chunk_mm / sz), 1, MAX_CHUNK_SLICES)`` slices
+   (about 20 mm, so the number of autoregressive steps does not depend on slice thickness, but never more
+   than 8 slices from one guide on thin-slice scans); the guide of the next chunk is the
    outermost slice predicted in the previous one. Directions alternate chunk by chunk so both grow on screen.
    A chunk is cut short at the first slice whose mask nears the edge of the crop a predictor takes around
    the guide (1.5x its box): the object is growing past it, so that slice becomes the next guide and the
@@ -40,7 +41,13 @@ from ml.predictor import SliceClick, SlicePredictor, Window, window_from_mask
 from ml.prompts import BoxPrompt, Click, MaskPrompt, PointPrompt, Prompt
 
 DEFAULT_CHUNK_MM = 20.0
-"""PropSAM's propagation thickness: slices per chunk = 20 mm / slice spacing."""
+"""PropSAM's propagation thickness: slices per chunk = 20 mm / slice spacing (capped, see below)."""
+MAX_CHUNK_SLICES = 8
+"""At most this many slices are predicted from one guide. On 0.625 mm left-atrium scans 20 mm is 32 slices,
+and the far ones, predicted from a guide 32 slices away, drift: capping at 8 (the issue's "4-8 slices per
+guide"; 6 scored the same) raised the learned engine's left-atrium box Dice from 0.807 to 0.821 on the
+training cases (0.834 -> 0.857 on the validation cases; the classical engine's 0.720 -> 0.716); hippocampus
+(20 slices per chunk at 1 mm) stayed at 0.723. Scans of 2.5 mm or thicker are unaffected."""
 AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
 CROP_REACH_SCALE = 1.5
@@ -90,8 +97,11 @@ class _Counter:
 
 
 def chunk_slices(spacing_z: float, chunk_mm: float = DEFAULT_CHUNK_MM) -> int:
-    """Slices per propagation chunk: ``max(1, round(chunk_mm / sz))`` (thick slices still advance)."""
-    return max(1, round(chunk_mm / spacing_z))
+    """Slices per propagation chunk: ``round(chunk_mm / sz)`` within ``1..MAX_CHUNK_SLICES``.
+
+    Thick slices still advance one at a time; thin ones are never predicted more than
+    ``MAX_CHUNK_SLICES`` away from their guide."""
+    return min(MAX_CHUNK_SLICES, max(1, round(chunk_mm / spacing_z)))
 
 
 def keep_connected(candidate: np.ndarray, previous: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ def test_directions_interleave_chunk_by_chunk() -> None:
     steps = run(Engine(OraclePredictor(truth)), tagged_volume(80), (1.0, 1.0, 1.0), MaskPrompt(40, truth[40]))
     directions = [step.direction for step in steps[1:]]
     first_down = directions.index("down")
-    assert first_down == 20  # one 20 mm chunk up, then one down
+    assert first_down == 8  # one chunk up (20 mm capped at 8 slices), then one down
     assert "up" in directions[first_down:]  # up resumes after the down chunk
 
 
@@ -111,12 +111,14 @@ def test_stops_at_first_empty_slice_and_next_guide_is_the_outermost_slice() -> N
     steps = run(Engine(oracle), tagged_volume(60), (1.0, 1.0, 1.0), MaskPrompt(20, truth[20]))
     assert {step.z for step in steps} == set(range(10, 48))
     up_calls = [call for call in oracle.calls if call[1][0] > call[0]]
-    assert [guide for guide, _ in up_calls] == [20, 40]
-    assert up_calls[0][1] == list(range(21, 41))
+    assert [guide for guide, _ in up_calls] == [20, 28, 36, 44]
+    assert up_calls[0][1] == list(range(21, 29))
 
 
-@pytest.mark.parametrize(("spacing_z", "slices"), [(0.5, 40), (1.0, 20), (2.5, 8), (5.0, 4), (30.0, 1)])
-def test_chunk_is_about_twenty_millimetres_whatever_the_slice_thickness(
+@pytest.mark.parametrize(
+    ("spacing_z", "slices"), [(0.5, 8), (1.0, 8), (2.5, 8), (4.0, 5), (5.0, 4), (30.0, 1)]
+)
+def test_chunk_is_about_twenty_millimetres_but_never_more_than_eight_slices(
     spacing_z: float, slices: int
 ) -> None:
     assert chunk_slices(spacing_z) == slices
@@ -208,7 +210,7 @@ def test_should_stop_ends_the_stream_promptly_and_segment_raises() -> None:
         )
     )
     assert len(oracle.calls) == 2
-    assert len(steps) == 1 + 20  # the chunk computed when the stop came is not streamed
+    assert len(steps) == 1 + 8  # the chunk computed when the stop came is not streamed
     with pytest.raises(PropagationCancelled):
         engine.segment(
             tagged_volume(200), (1.0, 1.0, 1.0), MaskPrompt(100, truth[100]), should_stop=lambda: True
