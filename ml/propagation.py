@@ -50,6 +50,9 @@ training cases (0.834 -> 0.857 on the validation cases; the classical engine's 0
 (20 slices per chunk at 1 mm) stayed at 0.723. Scans of 2.5 mm or thicker are unaffected."""
 AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
+NEIGHBOUR_PRIOR_REACH = 3
+"""A positive click on a slice where the object is missing borrows, as the prior to correct, the object's
+mask on the nearest non-empty slice at most this many slices away (see ``corrected_slices``)."""
 CROP_REACH_SCALE = 1.5
 """PropSAM's crop: 1.5 x the guide's box (``ml.config.CROP_SCALE`` for the learned predictor)."""
 CROP_REACH_FRACTION = 0.95
@@ -322,7 +325,10 @@ def corrected_slices(
 
     Edited masks are taken as given; clicks then correct the slice's mask (the edited one if any, else
     the old one) with ``predictor.prompt_mask(clicks=..., prior=...)``. Negative clicks on an empty slice
-    have nothing to remove and leave it empty.
+    have nothing to remove and leave it empty. A positive click on an empty slice next to the object (the
+    propagation stopped too early) corrects the neighbouring slice's mask instead (``_neighbour_prior``):
+    Box2Mask was trained on exactly that, while a click alone on a wide crop can grab a whole neighbouring
+    organ, which the re-propagation would then carry through the volume.
 
     Returns:
         ``{z: bool (Y, X)}`` sorted by ``z``.
@@ -333,10 +339,12 @@ def corrected_slices(
         by_slice.setdefault(click.z, []).append(SliceClick(click.y, click.x, click.positive))
     for z, slice_clicks in by_slice.items():
         prior = corrected.get(z, old_mask[z])
-        has_positive = any(click.positive for click in slice_clicks)
-        if not prior.any() and not has_positive:
+        positive = [(click.y, click.x) for click in slice_clicks if click.positive]
+        if not prior.any() and not positive:
             corrected[z] = prior.copy()
             continue
+        if not prior.any():
+            prior = _neighbour_prior(old_mask, corrected, z, positive[0])
         corrected[z] = np.asarray(
             predictor.prompt_mask(
                 _slice(volume, z),
@@ -347,6 +355,36 @@ def corrected_slices(
             dtype=bool,
         )
     return dict(sorted(corrected.items()))
+
+
+def _neighbour_prior(
+    old_mask: np.ndarray, corrected: Mapping[int, np.ndarray], z: int, click: tuple[int, int]
+) -> np.ndarray:
+    """The object's 2D mask on the slice nearest ``z`` (within ``NEIGHBOUR_PRIOR_REACH``), as a prior for z.
+
+    Only the 8-connected component nearest to the click is taken (another structure of the same label on
+    that slice is not what the click is about); on a tie between both sides, the closer component wins.
+
+    Returns:
+        bool ``(Y, X)``; all False when no slice within reach has the object.
+    """
+    best: tuple[float, np.ndarray] | None = None
+    for distance in range(1, NEIGHBOUR_PRIOR_REACH + 1):
+        for neighbour in (z - distance, z + distance):
+            if not 0 <= neighbour < old_mask.shape[0]:
+                continue
+            mask = corrected.get(neighbour, old_mask[neighbour])
+            if not mask.any():
+                continue
+            components, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+            rows, cols = np.nonzero(components)
+            squared = (rows - click[0]) ** 2 + (cols - click[1]) ** 2
+            nearest = int(np.argmin(squared))
+            if best is None or squared[nearest] < best[0]:
+                best = (float(squared[nearest]), components == components[rows[nearest], cols[nearest]])
+        if best is not None:
+            return best[1]
+    return np.zeros(old_mask.shape[1:], dtype=bool)
 
 
 def refine_steps(

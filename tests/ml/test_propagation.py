@@ -256,6 +256,41 @@ def test_refine_on_an_empty_mask_grows_a_new_object_both_ways() -> None:
     assert np.array_equal(refined, truth)
 
 
+class PriorRecordingOracle(OraclePredictor):
+    """An oracle that also records the ``prior`` handed to ``prompt_mask`` (None or a bool copy)."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        super().__init__(truth)
+        self.priors: list[np.ndarray | None] = []
+
+    def prompt_mask(self, image, spacing_yx, *, box=None, clicks=(), prior=None) -> np.ndarray:
+        self.priors.append(None if prior is None else prior.copy())
+        return super().prompt_mask(image, spacing_yx, box=box, clicks=clicks, prior=prior)
+
+
+def test_a_click_on_a_slice_past_the_early_end_corrects_the_neighbouring_slices_outline() -> None:
+    truth = square_truth(40, 5, 25)
+    old = truth.copy()
+    old[23:] = False  # propagation stopped two slices early
+    old[22, 1:4, 18:22] = True  # another structure of the label on the last slice, far from the click
+    oracle = PriorRecordingOracle(truth)
+    refined = Engine(oracle).refine(
+        tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(23, 12, 12)], anchor_z=15
+    )
+    assert oracle.priors[0] is not None
+    assert np.array_equal(oracle.priors[0], truth[22])  # the object's part, not the far blob
+    assert np.array_equal(refined[23:], truth[23:])
+
+
+def test_a_click_far_from_any_object_slice_is_segmented_afresh() -> None:
+    truth = square_truth(40, 5, 25)
+    old = truth.copy()
+    old[18:] = False
+    oracle = PriorRecordingOracle(truth)
+    Engine(oracle).refine(tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(22, 12, 12)], anchor_z=10)
+    assert oracle.priors == [None]  # 4 slices from the last object slice: beyond NEIGHBOUR_PRIOR_REACH
+
+
 def test_emptying_a_slice_past_the_objects_end_clears_the_run_on_beyond_it() -> None:
     truth = square_truth(40, 5, 25)
     old = square_truth(40, 5, 31)  # ran on six slices too far
