@@ -3,7 +3,8 @@
 In one run, on the same generated inputs and through the same ``LearnedPredictor.propagate`` code path
 (crop, window, resize, network, present gate, paste-back):
 
-* ms per propagated slice for the shipped configuration (``ml/weights/``; an untrained network of the FAST
+* ms per propagated slice for the shipped configuration (``ml/weights/`` as ``load_learned_predictor``
+  builds it, flip averaging included, and once more as a single pass; an untrained network of the FAST
   preset when no weights are shipped yet: same architecture, same speed) and for the paper-size
   configuration (PropSAM: channels 32..512, 224 px, untrained: only its speed matters here),
 * their ratio,
@@ -17,6 +18,7 @@ Per-slice figures use ``MAX_CHUNK_SLICES`` targets per call by default, the most
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
 import platform
@@ -93,10 +95,15 @@ def run(
     paper = LearnedPredictor.from_untrained("paper", "cpu")
     image, mask = generated_volume(101, size)
     shipped_ms = time_propagation(shipped, image, mask, slices, repeats)
+    single_pass = copy.copy(shipped)
+    single_pass.flip_averaging = False
+    single_pass_ms = time_propagation(single_pass, image, mask, slices, repeats)
     paper_ms = time_propagation(paper, image, mask, paper_slices, max(1, repeats - 1))
     object_seconds = time_object(shipped, image, mask)
     return {
         "shipped_ms_per_slice": round(shipped_ms, 2),
+        "shipped_flip_averaging": shipped.flip_averaging,
+        "shipped_single_pass_ms_per_slice": round(single_pass_ms, 2),
         "paper_ms_per_slice": round(paper_ms, 2),
         "speedup": round(paper_ms / shipped_ms, 1),
         "object_100_slices_seconds": round(object_seconds, 2),
@@ -116,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prog="python -m ml.benchmark", description="PropMask speed, shipped vs paper size."
     )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the figures here")
-    parser.add_argument("--slices", type=int, default=MAX_CHUNK_SLICES, help="targets per propagate call (shipped)")
+    parser.add_argument(
+        "--slices", type=int, default=MAX_CHUNK_SLICES, help="targets per propagate call (shipped)"
+    )
     parser.add_argument("--paper-slices", type=int, default=4, help="targets per propagate call (paper size)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
@@ -127,7 +136,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if min(args.slices, args.paper_slices, args.repeats) < 1 or args.size < 32:
         parser.error("--slices, --paper-slices and --repeats must be >= 1 and --size >= 32")
     figures = run(args.slices, args.paper_slices, args.repeats, args.size, args.threads)
-    print(f"shipped ({figures['shipped_source']}): {figures['shipped_ms_per_slice']:.1f} ms per slice")
+    averaging = " with flip averaging" if figures["shipped_flip_averaging"] else ""
+    print(
+        f"shipped ({figures['shipped_source']}){averaging}: {figures['shipped_ms_per_slice']:.1f} ms per slice "
+        f"(one pass without averaging: {figures['shipped_single_pass_ms_per_slice']:.1f} ms)"
+    )
     print(f"paper size (32..512 channels, 224 px): {figures['paper_ms_per_slice']:.1f} ms per slice")
     print(f"speed-up: {figures['speedup']:.1f}x")
     print(f"100-slice object (shipped): {figures['object_100_slices_seconds']:.2f} s")

@@ -260,8 +260,18 @@ class LearnedPredictor:
         return paste_back(torch.cat(chunks), crop, guide_image.shape)
 
 
+SHIPPED_FLIP_AVERAGING = True
+"""The shipped predictor propagates each crop and its mirror image (~2x the work per slice, still within
+the 25 ms budget). Chosen on training cases, step-20329 weights, box prompt: left atrium 0.821 -> 0.824,
+hippocampus 0.723 -> 0.731 (validation: 0.857 -> 0.861, 0.734 -> 0.740, TotalSegmentator CT 0.573 ->
+0.569, MR 0.662 -> 0.673)."""
+
+
 def load_learned_predictor(
-    weights_dir: pathlib.Path | None = None, device: str | torch.device | None = None
+    weights_dir: pathlib.Path | None = None,
+    device: str | torch.device | None = None,
+    *,
+    flip_averaging: bool = SHIPPED_FLIP_AVERAGING,
 ) -> LearnedPredictor:
     """The shipped predictor from ``weights_dir`` (default ``ml/weights/``); CUDA when available, else CPU.
 
@@ -276,4 +286,4 @@ def load_learned_predictor(
             f"`python -m ml.checkpoint export ml/runs/<name>/best.pt`, or use the classical engine"
         )
     box2mask, propmask, metadata = load_weights(path)
-    return LearnedPredictor(box2mask, propmask, device, metadata)
+    return LearnedPredictor(box2mask, propmask, device, metadata, flip_averaging=flip_averaging)

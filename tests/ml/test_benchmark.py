@@ -37,3 +37,6 @@ def test_benchmark_prints_and_writes_both_configurations(tmp_path: pathlib.Path,
     # The paper network does ~20x the work per slice; even on a busy CPU it must be clearly slower.
     assert figures["speedup"] > 2.0
     assert figures["object_100_slices_seconds"] > 0
+    # The shipped predictor averages each crop with its mirror image; the single pass is reported beside it.
+    assert figures["shipped_flip_averaging"] is True
+    assert "one pass without averaging" in printed and figures["shipped_single_pass_ms_per_slice"] > 0
