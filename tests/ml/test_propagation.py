@@ -282,6 +282,17 @@ def test_a_click_on_a_slice_past_the_early_end_corrects_the_neighbouring_slices_
     assert np.array_equal(refined[23:], truth[23:])
 
 
+def test_a_click_inside_the_object_corrects_outlines_but_does_not_lengthen_it() -> None:
+    predicted = square_truth(40, 5, 32)  # what the predictor finds: the object running on to slice 32
+    old = square_truth(40, 5, 25)
+    old[20:26] = np.roll(old[20:26], 4, axis=2)  # a wrong stretch up to the old end
+    refined = Engine(OraclePredictor(predicted)).refine(
+        tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(20, 12, 9)], anchor_z=15
+    )
+    assert np.array_equal(refined[20:26], predicted[20:26])  # outlines corrected up to the old end
+    assert not refined[26:].any()  # and no further
+
+
 def test_a_click_far_from_any_object_slice_is_segmented_afresh() -> None:
     truth = square_truth(40, 5, 25)
     old = truth.copy()
