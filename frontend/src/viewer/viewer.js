@@ -757,7 +757,7 @@ export class Viewer {
       box: 'Drag a box around the object on the axial view; it propagates when you let go.',
       sketch: 'Paint the object on one axial slice, then press Enter.',
       click: 'Click inside the object on the axial view to propagate.',
-      positive: 'Click where the object is missing (adds it and re-propagates).',
+      positive: 'Click where the object is missing (adds it and re-propagates; a click past its end lengthens it).',
       negative: 'Click where the segmentation leaks (removes it and re-propagates).',
       brush: 'Paint the active label; [ and ] change the size; Ctrl+S saves.',
       eraser: 'Erase the active label; Ctrl+S saves.',
