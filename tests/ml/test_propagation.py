@@ -263,7 +263,15 @@ class PriorRecordingOracle(OraclePredictor):
         super().__init__(truth)
         self.priors: list[np.ndarray | None] = []
 
-    def prompt_mask(self, image, spacing_yx, *, box=None, clicks=(), prior=None) -> np.ndarray:
+    def prompt_mask(
+        self,
+        image: np.ndarray,
+        spacing_yx: tuple[float, float],
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        clicks: Sequence[SliceClick] = (),
+        prior: np.ndarray | None = None,
+    ) -> np.ndarray:
         self.priors.append(None if prior is None else prior.copy())
         return super().prompt_mask(image, spacing_yx, box=box, clicks=clicks, prior=prior)
 
