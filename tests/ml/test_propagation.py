@@ -19,7 +19,8 @@ from ml.propagation import chunk_slices, keep_connected
 class OraclePredictor:
     """Answers with the true masks (tests the loop only, not any model).
 
-    ``calls`` logs ``(guide_z, [target z, ...])`` per ``propagate`` call; ``prompt_calls`` counts prompt masks.
+    ``calls`` logs ``(guide_z, [target z, ...])`` per ``propagate`` call; ``prompt_calls`` counts prompt masks
+    and ``priors`` records the prior each was given (None or a copy).
     """
 
     name = "oracle"
@@ -28,6 +29,7 @@ class OraclePredictor:
         self.truth = truth
         self.calls: list[tuple[int, list[int]]] = []
         self.prompt_calls = 0
+        self.priors: list[np.ndarray | None] = []
 
     def prompt_mask(
         self,
@@ -39,6 +41,7 @@ class OraclePredictor:
         prior: np.ndarray | None = None,
     ) -> np.ndarray:
         self.prompt_calls += 1
+        self.priors.append(None if prior is None else prior.copy())
         return self.truth[int(image[0, 0])].copy()
 
     def propagate(
@@ -256,32 +259,12 @@ def test_refine_on_an_empty_mask_grows_a_new_object_both_ways() -> None:
     assert np.array_equal(refined, truth)
 
 
-class PriorRecordingOracle(OraclePredictor):
-    """An oracle that also records the ``prior`` handed to ``prompt_mask`` (None or a bool copy)."""
-
-    def __init__(self, truth: np.ndarray) -> None:
-        super().__init__(truth)
-        self.priors: list[np.ndarray | None] = []
-
-    def prompt_mask(
-        self,
-        image: np.ndarray,
-        spacing_yx: tuple[float, float],
-        *,
-        box: tuple[int, int, int, int] | None = None,
-        clicks: Sequence[SliceClick] = (),
-        prior: np.ndarray | None = None,
-    ) -> np.ndarray:
-        self.priors.append(None if prior is None else prior.copy())
-        return super().prompt_mask(image, spacing_yx, box=box, clicks=clicks, prior=prior)
-
-
 def test_a_click_on_a_slice_past_the_early_end_corrects_the_neighbouring_slices_outline() -> None:
     truth = square_truth(40, 5, 25)
     old = truth.copy()
     old[23:] = False  # propagation stopped two slices early
     old[22, 1:4, 18:22] = True  # another structure of the label on the last slice, far from the click
-    oracle = PriorRecordingOracle(truth)
+    oracle = OraclePredictor(truth)
     refined = Engine(oracle).refine(
         tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(23, 12, 12)], anchor_z=15
     )
@@ -305,7 +288,7 @@ def test_a_click_far_from_any_object_slice_is_segmented_afresh() -> None:
     truth = square_truth(40, 5, 25)
     old = truth.copy()
     old[18:] = False
-    oracle = PriorRecordingOracle(truth)
+    oracle = OraclePredictor(truth)
     Engine(oracle).refine(tagged_volume(40), (1.0, 1.0, 1.0), old, clicks=[Click(22, 12, 12)], anchor_z=10)
     assert oracle.priors == [None]  # 4 slices from the last object slice: beyond NEIGHBOUR_PRIOR_REACH
 
