@@ -692,6 +692,33 @@ def upgrade_present_head(
     return upgraded, {**optimizers_state, "propmask": optimizer_state}
 
 
+def task_weights(datasets: list[str], overrides: list[str], synthetic_weight: float) -> dict[str, float]:
+    """Share of tasks per pool: ``1 - synthetic_weight`` split over ``datasets`` by their relative weights.
+
+    Args:
+        overrides: ``["NAME=W", ...]``; data sets not named keep relative weight 1.
+
+    Raises:
+        ValueError: a malformed entry, an unknown data set or a weight that is not positive.
+    """
+    relative = dict.fromkeys(datasets, 1.0)
+    for entry in overrides:
+        name, separator, value = entry.partition("=")
+        if not separator or name not in relative:
+            raise ValueError(f"--dataset-weight {entry!r}: expected NAME=W with NAME one of {datasets}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"--dataset-weight {entry!r}: {value!r} is not a number") from None
+        if not weight > 0:
+            raise ValueError(f"--dataset-weight {entry!r}: the weight must be positive")
+        relative[name] = weight
+    total = sum(relative.values())
+    weights = {name: (1.0 - synthetic_weight) * weight / total for name, weight in relative.items()}
+    weights["synthetic"] = synthetic_weight
+    return weights
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ml.train", description="Train Box2Mask + PropMask (PropSAM-style)."
@@ -710,6 +737,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--synthetic-weight", type=float, default=0.3, help="share of tasks drawn from generated volumes"
+    )
+    parser.add_argument(
+        "--dataset-weight",
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="relative share of a real data set among the non-generated tasks (default: equal shares)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--minutes", type=float, default=60.0, help="training time budget of this invocation")
@@ -763,6 +797,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    weights = task_weights(args.datasets, args.dataset_weight, args.synthetic_weight)  # fails before loading
     torch.set_num_threads(args.threads)
     device = (
         torch.device(args.device)
@@ -825,8 +860,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 optimizer.load_state_dict(optimizers_state[name])
 
     pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
-    weights = {name: (1.0 - args.synthetic_weight) / max(1, len(args.datasets)) for name in args.datasets}
-    weights["synthetic"] = args.synthetic_weight
     sampler = TaskSampler(pools, weights, seed=args.seed + step, rollout_chance=args.rollout)
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))

@@ -212,3 +212,14 @@ def test_upgrading_the_present_head_keeps_every_other_weight_and_optimizer_momen
     fresh = torch.optim.AdamW(upgraded.parameters(), lr=1e-3)
     fresh.load_state_dict(state["propmask"])  # loads: the head's moments were dropped, nothing else
     assert len(fresh.state_dict()["state"]) == len(optimizer.state_dict()["state"]) - 4
+
+
+def test_dataset_weights_split_the_real_data_share_and_reject_unknown_names() -> None:
+    names = ["Dataset001_Hippocampus", "Dataset002_LeftAtrium"]
+    equal = train.task_weights(names, [], 0.3)
+    assert equal == pytest.approx({names[0]: 0.35, names[1]: 0.35, "synthetic": 0.3})
+    heavier = train.task_weights(names, ["Dataset001_Hippocampus=3"], 0.2)
+    assert heavier == pytest.approx({names[0]: 0.6, names[1]: 0.2, "synthetic": 0.2})
+    for bad in ("Dataset009_Spleen=2", "Dataset001_Hippocampus", "Dataset001_Hippocampus=x", f"{names[1]}=0"):
+        with pytest.raises(ValueError, match="--dataset-weight"):
+            train.task_weights(names, [bad], 0.3)
