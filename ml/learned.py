@@ -18,7 +18,7 @@ import torch
 from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_weights
 from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
 from ml.networks import Box2Mask, PropMask
-from ml.predictor import SliceClick, Window
+from ml.predictor import ScoredSlices, SliceClick, View, Window
 from ml.preprocess import (
     CropBox,
     box2mask_inputs,
@@ -78,11 +78,15 @@ class LearnedPredictor:
         *,
         flip_averaging: bool = False,
         present_threshold: float = 0.5,
+        overlapping_guides: bool = False,
     ) -> None:
         """``flip_averaging``: propagate the crop and its mirror image in one batch and average both
         answers (masks and object-present probabilities); about twice the work per slice.
         ``present_threshold``: a propagated slice whose object-present probability is below it comes back
-        empty (that is where propagation stops)."""
+        empty (that is where propagation stops).
+        ``overlapping_guides``: the propagation loop predicts every slice from its two nearest guides and
+        averages them (``ml/propagation.py``); with ``flip_averaging`` the guides alternate plain and
+        mirrored views, so the work per slice stays that of flip averaging."""
         if box2mask.config.input_size != propmask.config.input_size:
             raise ValueError("Box2Mask and PropMask must share one input size")
         self.device = torch.device(device) if device is not None else default_device()
@@ -94,6 +98,7 @@ class LearnedPredictor:
         if not 0.0 <= present_threshold < 1.0:
             raise ValueError(f"present_threshold must be in [0, 1), got {present_threshold}")
         self.present_threshold = present_threshold
+        self.overlapping_guides = overlapping_guides
         self._lock = threading.Lock()
 
     @classmethod
@@ -224,9 +229,36 @@ class LearnedPredictor:
         guide_distances: Sequence[float] | None = None,
     ) -> np.ndarray:
         """float32 ``(K, Y, X)`` probabilities on ``targets``; slices judged object-free are all zero."""
+        scored = self.propagate_scored(
+            guide_image,
+            guide_mask,
+            targets,
+            window,
+            spacing_yx,
+            view="both" if self.flip_averaging else "plain",
+        )
+        present = scored.present >= self.present_threshold
+        return scored.probabilities * present[:, None, None]
+
+    def propagate_scored(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        view: View = "plain",
+    ) -> ScoredSlices:
+        """Ungated ``(K, Y, X)`` probabilities and ``(K,)`` object-present probabilities on ``targets``.
+
+        ``view``: the crop as it is, its mirror image (answers mirrored back), or both averaged (one batch
+        of two, twice the work)."""
         guide_image = _check_image(guide_image, "guide_image", 2)
         targets = _check_image(targets, "targets", 3)
         _check_spacing(spacing_yx)
+        if view not in ("plain", "mirrored", "both"):
+            raise ValueError(f"view must be 'plain', 'mirrored' or 'both', got {view!r}")
         guide_mask = np.asarray(guide_mask, dtype=bool)
         if guide_mask.shape != guide_image.shape:
             raise ValueError(
@@ -240,24 +272,30 @@ class LearnedPredictor:
         crop = square_crop(box_of_mask(guide_mask), CROP_SCALE)
         guide = images_to_network(guide_image[None], crop, window, size)[None].to(self.device)
         guide_net_mask = masks_to_network(guide_mask[None], crop, size)[None].to(self.device)
-        chunks = []
+        mask_chunks, present_chunks = [], []
         with self._lock, torch.inference_mode():
             for start in range(0, targets.shape[0], PROPAGATION_CHUNK):
                 adjacent = images_to_network(targets[start : start + PROPAGATION_CHUNK], crop, window, size)
                 adjacent = adjacent[None].to(self.device)
                 inputs = (guide, guide_net_mask, adjacent)
-                if self.flip_averaging:  # the crop and its mirror image in one batch
+                if view == "mirrored":
+                    inputs = tuple(item.flip(-1) for item in inputs)
+                elif view == "both":  # the crop and its mirror image in one batch
                     inputs = tuple(torch.cat([item, item.flip(-1)]) for item in inputs)
                 output = self.propmask(*inputs, all_heads=False)
                 masks = torch.sigmoid(output.masks[0])  # (1 or 2, K, S, S)
-                if self.flip_averaging:
+                if view == "mirrored":
+                    masks = masks.flip(-1)
+                elif view == "both":
                     masks = torch.stack([masks[0], masks[1].flip(-1)])
-                probabilities = masks.mean(dim=0)
+                mask_chunks.append(masks.mean(dim=0).cpu())
                 if output.present is not None:
-                    present = torch.sigmoid(output.present).mean(dim=0) >= self.present_threshold
-                    probabilities = probabilities * present[:, None, None]
-                chunks.append(probabilities.cpu())
-        return paste_back(torch.cat(chunks), crop, guide_image.shape)
+                    present_chunks.append(torch.sigmoid(output.present).mean(dim=0).cpu())
+                else:
+                    present_chunks.append(torch.ones(masks.shape[1]))
+        probabilities = paste_back(torch.cat(mask_chunks), crop, guide_image.shape)
+        present = torch.cat(present_chunks).numpy().astype(np.float32)
+        return ScoredSlices(probabilities=probabilities, present=present)
 
 
 SHIPPED_FLIP_AVERAGING = True
@@ -266,12 +304,18 @@ the 25 ms budget). Chosen on training cases, step-20329 weights, box prompt: lef
 hippocampus 0.723 -> 0.731 (validation: 0.857 -> 0.861, 0.734 -> 0.740, TotalSegmentator CT 0.573 ->
 0.569, MR 0.662 -> 0.673)."""
 
+SHIPPED_OVERLAPPING_GUIDES = True
+"""The shipped predictor lets the loop predict every slice from its two nearest guides (session 7). Chosen on
+training cases, step-20329 weights, box prompt, against flip averaging alone at the same work per slice:
+hippocampus (60 cases) 0.730 -> 0.753, left atrium (16 cases) 0.837 -> 0.840."""
+
 
 def load_learned_predictor(
     weights_dir: pathlib.Path | None = None,
     device: str | torch.device | None = None,
     *,
     flip_averaging: bool = SHIPPED_FLIP_AVERAGING,
+    overlapping_guides: bool = SHIPPED_OVERLAPPING_GUIDES,
 ) -> LearnedPredictor:
     """The shipped predictor from ``weights_dir`` (default ``ml/weights/``); CUDA when available, else CPU.
 
@@ -286,4 +330,11 @@ def load_learned_predictor(
             f"`python -m ml.checkpoint export ml/runs/<name>/best.pt`, or use the classical engine"
         )
     box2mask, propmask, metadata = load_weights(path)
-    return LearnedPredictor(box2mask, propmask, device, metadata, flip_averaging=flip_averaging)
+    return LearnedPredictor(
+        box2mask,
+        propmask,
+        device,
+        metadata,
+        flip_averaging=flip_averaging,
+        overlapping_guides=overlapping_guides,
+    )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -106,6 +106,45 @@ class SlicePredictor(Protocol):
             float32 ``(K, Y, X)`` foreground probabilities in [0, 1]. A slice where the object has
             ended must come back with no value >= 0.5: that is how the loop knows to stop.
         """
+        ...
+
+
+View = Literal["plain", "mirrored", "both"]
+"""Which image a scoring predictor looks at: the crop, its left-right mirror image, or both (averaged)."""
+
+
+@dataclass(frozen=True)
+class ScoredSlices:
+    """One guide's answer for its targets before any stop decision (so the loop can average guides)."""
+
+    probabilities: np.ndarray
+    """float32 ``(K, Y, X)`` foreground probabilities, not gated by ``present``."""
+    present: np.ndarray
+    """float32 ``(K,)`` probability that the object is on each target at all."""
+
+
+@runtime_checkable
+class ScoringPredictor(SlicePredictor, Protocol):
+    """A predictor whose answers can be averaged over two guides (``ml/propagation.py``, overlapping guides).
+
+    ``overlapping_guides`` switches that on; ``present_threshold`` is where an averaged ``present`` means
+    the object has ended; ``flip_averaging`` lets the loop alternate plain and mirrored views per guide."""
+
+    overlapping_guides: bool
+    present_threshold: float
+    flip_averaging: bool
+
+    def propagate_scored(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        view: View = "plain",
+    ) -> ScoredSlices:
+        """Like ``SlicePredictor.propagate`` but ungated, with the object-present probability per target."""
         ...
 
 

@@ -40,3 +40,5 @@ def test_benchmark_prints_and_writes_both_configurations(tmp_path: pathlib.Path,
     # The shipped predictor averages each crop with its mirror image; the single pass is reported beside it.
     assert figures["shipped_flip_averaging"] is True
     assert "one pass without averaging" in printed and figures["shipped_single_pass_ms_per_slice"] > 0
+    # Overlapping guides keep half of each call: a kept slice costs two one-view predictions.
+    assert figures["shipped_overlapping_guides"] is True and "in the loop" in printed

@@ -146,8 +146,8 @@ def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor
     """A broken or missing checkpoint fails here (skipped only when the shared data is absent).
 
     Six validation cases (12 objects), mask prompt on each object's largest slice: the shipped step-20329
-    weights give a mean 3D Dice of 0.752 with flip averaging (0.735 without; step 13894 gave 0.713, step
-    6136 0.670); untrained networks give ~0.
+    weights give a mean 3D Dice of 0.759 with overlapping guides and flip averaging (0.752 with flip averaging
+    alone, 0.735 with neither; step 13894 gave 0.713, step 6136 0.670); untrained networks give ~0.
     """
     dataset = SHARED_DATA / "Dataset001_Hippocampus"
     if not dataset.is_dir():

@@ -14,6 +14,7 @@ import pytest
 from ml.engine import BoxPrompt, Click, Engine, MaskPrompt, PointPrompt, PropagationCancelled
 from ml.predictor import SliceClick, Window
 from ml.propagation import chunk_slices, keep_connected
+from tests.ml.tagged import square_truth, tagged_volume
 
 
 class OraclePredictor:
@@ -58,19 +59,6 @@ class OraclePredictor:
         target_z = [int(target[0, 0]) for target in targets]
         self.calls.append((int(guide_image[0, 0]), target_z))
         return self.truth[target_z].astype(np.float32)
-
-
-def tagged_volume(depth: int, size: int = 24) -> np.ndarray:
-    """``(depth, size, size)`` float32 whose pixel ``(0, 0)`` of slice z holds z."""
-    volume = np.full((depth, size, size), 50.0, dtype=np.float32)
-    volume[:, 0, 0] = np.arange(depth)
-    return volume
-
-
-def square_truth(depth: int, first: int, last: int, size: int = 24) -> np.ndarray:
-    truth = np.zeros((depth, size, size), dtype=bool)
-    truth[first : last + 1, 8:16, 8:16] = True
-    return truth
 
 
 def run(engine: Engine, volume: np.ndarray, spacing: tuple[float, float, float], prompt, **kwargs) -> list:

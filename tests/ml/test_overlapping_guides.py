@@ -1,0 +1,186 @@
+"""Overlapping guides: every slice past the first half-chunk is the average of its two nearest guides.
+
+``ScoringOracle`` answers with the true masks, scaled by a per-guide confidence, and a per-guide
+object-present probability, so each test can script what one guide believes and check what the loop does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from ml.engine import Engine, MaskPrompt
+from ml.learned import LearnedPredictor
+from ml.predictor import ScoredSlices, ScoringPredictor, SliceClick, View, Window
+from ml.propagation import guide_views, slices_kept_per_guide, uses_overlapping_guides
+from tests.ml.tagged import square_truth, tagged_volume
+
+torch.set_num_threads(1)
+
+
+class ScoringOracle:
+    """True masks from a scriptable guide: ``present_by_guide[g][z]`` overrides the present probability
+    guide ``g`` gives slice ``z`` (default 1 inside the object, 0 outside).
+
+    ``calls`` logs ``(guide_z, [target z, ...], view)``."""
+
+    name = "scoring-oracle"
+    present_threshold = 0.5
+
+    def __init__(self, truth: np.ndarray, *, flip_averaging: bool = True) -> None:
+        self.truth = truth
+        self.overlapping_guides = True
+        self.flip_averaging = flip_averaging
+        self.present_by_guide: dict[int, dict[int, float]] = {}
+        self.calls: list[tuple[int, list[int], View]] = []
+
+    def prompt_mask(
+        self,
+        image: np.ndarray,
+        spacing_yx: tuple[float, float],
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        clicks: Sequence[SliceClick] = (),
+        prior: np.ndarray | None = None,
+    ) -> np.ndarray:
+        return self.truth[int(image[0, 0])].copy()
+
+    def propagate(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        guide_distances: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        raise AssertionError("with overlapping guides the loop asks for scored answers only")
+
+    def propagate_scored(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        view: View = "plain",
+    ) -> ScoredSlices:
+        assert guide_mask.any(), "the loop must never hand over an empty guide"
+        guide_z = int(guide_image[0, 0])
+        target_z = [int(target[0, 0]) for target in targets]
+        self.calls.append((guide_z, target_z, view))
+        scripted = self.present_by_guide.get(guide_z, {})
+        present = [scripted.get(z, float(self.truth[z].any())) for z in target_z]
+        return ScoredSlices(
+            probabilities=self.truth[target_z].astype(np.float32), present=np.asarray(present, np.float32)
+        )
+
+
+def propagated(oracle: ScoringOracle, truth: np.ndarray, prompt_z: int) -> list:
+    return list(
+        Engine(oracle).propagate(
+            tagged_volume(truth.shape[0]), (1.0, 1.0, 1.0), MaskPrompt(prompt_z, truth[prompt_z])
+        )
+    )
+
+
+def test_the_whole_object_streams_once_with_guides_half_a_chunk_apart() -> None:
+    truth = square_truth(60, 10, 47)
+    oracle = ScoringOracle(truth)
+    steps = propagated(oracle, truth, 20)
+    zs = [step.z for step in steps]
+    assert len(zs) == len(set(zs)) and set(zs) == set(range(10, 48))
+    assert [step.z for step in steps if step.direction == "up"] == list(range(21, 48))
+    up_calls = [call for call in oracle.calls if call[1][0] > call[0]]
+    # 8 slices predicted per guide, the nearer 4 kept: every slice past the first 4 is seen by two guides.
+    assert [guide for guide, _, _ in up_calls][:4] == [20, 24, 28, 32]
+    assert up_calls[0][1] == list(range(21, 29)) and up_calls[1][1] == list(range(25, 33))
+
+
+def test_one_guide_wrongly_calling_the_object_ended_does_not_cut_it_short() -> None:
+    truth = square_truth(60, 10, 47)
+    oracle = ScoringOracle(truth)
+    oracle.present_by_guide[24] = {29: 0.2}  # guide 20 says 0.9 (scripted below): the mean 0.55 goes on
+    oracle.present_by_guide[20] = {29: 0.9}
+    steps = propagated(oracle, truth, 20)
+    assert 29 in {step.z for step in steps} and max(step.z for step in steps) == 47
+
+
+def test_propagation_stops_where_both_guides_together_say_the_object_ended() -> None:
+    truth = square_truth(60, 10, 47)
+    oracle = ScoringOracle(truth)
+    oracle.present_by_guide[20] = {27: 0.3}
+    oracle.present_by_guide[24] = {27: 0.4}
+    steps = propagated(oracle, truth, 20)
+    assert max(step.z for step in steps) == 26  # slice 27 averaged 0.35: the up direction ends before it
+    assert min(step.z for step in steps) == 10
+
+
+def test_guides_alternate_mirrored_and_plain_views_after_a_first_guide_seen_both_ways() -> None:
+    truth = square_truth(60, 5, 55)
+    oracle = ScoringOracle(truth)
+    propagated(oracle, truth, 30)
+    up_views = [view for guide, targets, view in oracle.calls if targets[0] > guide]
+    assert up_views[:4] == ["both", "mirrored", "plain", "mirrored"]
+    single = ScoringOracle(truth, flip_averaging=False)
+    propagated(single, truth, 30)
+    assert {view for _, _, view in single.calls} == {"plain"}
+
+
+def test_a_predictor_without_overlapping_guides_keeps_every_predicted_slice() -> None:
+    truth = square_truth(30, 2, 27)
+    oracle = ScoringOracle(truth)
+    assert isinstance(oracle, ScoringPredictor) and uses_overlapping_guides(oracle)
+    assert slices_kept_per_guide(oracle, 8) == 4 and slices_kept_per_guide(oracle, 1) == 1
+    oracle.overlapping_guides = False
+    assert not uses_overlapping_guides(oracle) and slices_kept_per_guide(oracle, 8) == 8
+    views = guide_views(ScoringOracle(truth, flip_averaging=False))
+    assert [next(views) for _ in range(3)] == ["plain", "plain", "plain"]
+
+
+@pytest.fixture(scope="module")
+def untrained() -> LearnedPredictor:
+    torch.manual_seed(0)
+    return LearnedPredictor.from_untrained("fast", "cpu")
+
+
+def test_learned_scored_views_mirror_back_and_both_is_their_mean(untrained: LearnedPredictor) -> None:
+    rng = np.random.default_rng(1)
+    volume = rng.normal(0, 1, (5, 40, 40)).astype(np.float32)
+    volume[:, 12:26, 8:22] += 3.0  # an off-centre object, so the mirror image is a different input
+    guide_mask = np.zeros((40, 40), dtype=bool)
+    guide_mask[12:26, 8:22] = True
+    args = (volume[0], guide_mask, volume[1:], Window(-2.0, 5.0), (1.0, 1.0))
+    plain = untrained.propagate_scored(*args, view="plain")
+    mirrored = untrained.propagate_scored(*args, view="mirrored")
+    both = untrained.propagate_scored(*args, view="both")
+    assert plain.probabilities.shape == (4, 40, 40) and plain.present.shape == (4,)
+    assert not np.allclose(plain.probabilities, mirrored.probabilities, atol=1e-4)
+    assert np.allclose(both.probabilities, (plain.probabilities + mirrored.probabilities) / 2, atol=1e-4)
+    assert np.allclose(both.present, (plain.present + mirrored.present) / 2, atol=1e-4)
+    with pytest.raises(ValueError, match="view must be"):
+        untrained.propagate_scored(*args, view="sideways")  # type: ignore[arg-type]
+
+
+def test_learned_propagate_is_the_scored_answer_gated_by_the_present_threshold(
+    untrained: LearnedPredictor,
+) -> None:
+    rng = np.random.default_rng(2)
+    volume = rng.normal(0, 1, (4, 32, 32)).astype(np.float32)
+    guide_mask = np.zeros((32, 32), dtype=bool)
+    guide_mask[10:20, 10:20] = True
+    args = (volume[0], guide_mask, volume[1:], Window(-2.0, 2.0), (1.0, 1.0))
+    scored = untrained.propagate_scored(*args, view="plain")
+    untrained.present_threshold = float(np.median(scored.present))
+    try:
+        gated = untrained.propagate(*args)
+    finally:
+        untrained.present_threshold = 0.5
+    kept = scored.present >= float(np.median(scored.present))
+    assert np.allclose(gated[kept], scored.probabilities[kept], atol=1e-5)
+    assert not gated[~kept].any()
