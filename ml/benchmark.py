@@ -5,14 +5,14 @@ resize, network, present gate, paste-back):
 
 * ms per slice the propagation loop keeps, for the shipped configuration (``ml/weights/`` as
   ``load_learned_predictor`` builds it; an untrained network of the FAST preset when no weights are shipped
-  yet: same architecture, same speed). With overlapping guides (``ml.propagation``) a guide's call of
-  ``--slices`` targets runs one view and the loop keeps half of them, so a kept slice costs two
-  single-view predictions, the same work as flip averaging. Beside it: ms per predicted target with flip
-  averaging and as one pass;
+  yet: same architecture, same speed). With overlapping guides (``ml.propagation``) a guide predicts up
+  to 8 slices of a ``--slices`` chunk in one view and the loop keeps the nearer half, so a kept slice costs
+  two single-view predictions, the same work as flip averaging. Beside it: ms per predicted target with
+  flip averaging and as one pass;
 * the same for the paper-size configuration (PropSAM: channels 32..512, 224 px, untrained: only its speed
   matters here; one pass, every target kept) and the ratio of the two;
 * the time to propagate a 100-slice object with the shipped configuration (the loop's calls at 1 mm:
-  ``ml.propagation.chunk_slices`` targets per guide, its views and guide spacing; the network is run
+  ``ml.propagation.slices_per_guide`` targets per guide, its views and guide spacing; the network is run
   whatever it predicts, so the figure does not depend on where a model would stop).
 
 Per-call figures use ``MAX_CHUNK_SLICES`` targets per call by default, the most the loop ever sends.
@@ -39,6 +39,7 @@ from ml.propagation import (
     chunk_slices,
     guide_views,
     slices_kept_per_guide,
+    slices_per_guide,
     uses_overlapping_guides,
 )
 
@@ -75,17 +76,17 @@ def time_propagation(
 def time_loop_slice(
     predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray, slices: int, repeats: int
 ) -> float:
-    """Median ms per slice the loop keeps, once past the first guide: the time of one guide's call of
-    ``slices`` targets divided by the slices the loop keeps from it.
+    """Median ms per slice the loop keeps, once past the first guide: the time of one guide's call
+    divided by the slices the loop keeps from it, for a chunk of ``slices``.
 
-    With overlapping guides a guide predicts ``slices`` targets in one view (plain or mirrored in turn)
-    and the loop keeps the nearer half; otherwise the call is ``propagate`` (both views when flip
-    averaging) and every target is kept."""
+    With overlapping guides a guide predicts ``slices_per_guide`` targets (at most 8) in one view (plain or
+    mirrored in turn) and the loop keeps the nearer half; otherwise the call is ``propagate`` of ``slices``
+    targets (both views when flip averaging) and every target is kept."""
     if not uses_overlapping_guides(predictor):
         return time_propagation(predictor, image, mask, slices, repeats)
-    kept = slices_kept_per_guide(predictor, slices)
+    predicted, kept = slices_per_guide(predictor, slices), slices_kept_per_guide(predictor, slices)
     guide_z = image.shape[0] // 2
-    targets = image[guide_z + 1 : guide_z + 1 + slices]
+    targets = image[guide_z + 1 : guide_z + 1 + predicted]
     window = Window(0.0, 100.0)
     predictor.propagate_scored(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0), view="plain")
     timings = []
@@ -102,8 +103,8 @@ def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray
     runs whatever it predicts, so the figure does not depend on where a model would stop."""
     depth = image.shape[0]
     middle = depth // 2
-    reach = chunk_slices(1.0)
-    advance = slices_kept_per_guide(predictor, reach)
+    reach = slices_per_guide(predictor, chunk_slices(1.0))
+    advance = slices_kept_per_guide(predictor, chunk_slices(1.0))
     overlapping = uses_overlapping_guides(predictor)
     window = Window(0.0, 100.0)
     started = time.perf_counter()

@@ -307,7 +307,8 @@ hippocampus 0.723 -> 0.731 (validation: 0.857 -> 0.861, 0.734 -> 0.740, TotalSeg
 SHIPPED_OVERLAPPING_GUIDES = True
 """The shipped predictor lets the loop predict every slice from its two nearest guides (session 7). Chosen on
 training cases, step-20329 weights, box prompt, against flip averaging alone at the same work per slice:
-hippocampus (60 cases) 0.730 -> 0.753, left atrium (16 cases) 0.837 -> 0.840."""
+hippocampus (60 cases) 0.730 -> 0.753, left atrium (16 cases) 0.837 -> 0.840 (guides 4 slices apart; why
+not 3: ``ml.propagation.OVERLAP_WINDOW_SLICES``)."""
 
 
 def load_learned_predictor(

@@ -15,7 +15,7 @@ import torch
 from ml.engine import Engine, MaskPrompt
 from ml.learned import LearnedPredictor
 from ml.predictor import ScoredSlices, ScoringPredictor, SliceClick, View, Window
-from ml.propagation import guide_views, slices_kept_per_guide, uses_overlapping_guides
+from ml.propagation import guide_views, slices_kept_per_guide, slices_per_guide, uses_overlapping_guides
 from tests.ml.tagged import square_truth, tagged_volume
 
 torch.set_num_threads(1)
@@ -105,10 +105,10 @@ def test_the_whole_object_streams_once_with_guides_half_a_chunk_apart() -> None:
 def test_one_guide_wrongly_calling_the_object_ended_does_not_cut_it_short() -> None:
     truth = square_truth(60, 10, 47)
     oracle = ScoringOracle(truth)
-    oracle.present_by_guide[24] = {29: 0.2}  # guide 20 says 0.9 (scripted below): the mean 0.55 goes on
-    oracle.present_by_guide[20] = {29: 0.9}
+    oracle.present_by_guide[24] = {27: 0.2}  # guide 20 says 0.9 (scripted below): the mean 0.55 goes on
+    oracle.present_by_guide[20] = {27: 0.9}
     steps = propagated(oracle, truth, 20)
-    assert 29 in {step.z for step in steps} and max(step.z for step in steps) == 47
+    assert 27 in {step.z for step in steps} and max(step.z for step in steps) == 47
 
 
 def test_propagation_stops_where_both_guides_together_say_the_object_ended() -> None:
@@ -136,9 +136,12 @@ def test_a_predictor_without_overlapping_guides_keeps_every_predicted_slice() ->
     truth = square_truth(30, 2, 27)
     oracle = ScoringOracle(truth)
     assert isinstance(oracle, ScoringPredictor) and uses_overlapping_guides(oracle)
-    assert slices_kept_per_guide(oracle, 8) == 4 and slices_kept_per_guide(oracle, 1) == 1
+    assert (slices_per_guide(oracle, 8), slices_kept_per_guide(oracle, 8)) == (8, 4)
+    assert (slices_per_guide(oracle, 4), slices_kept_per_guide(oracle, 4)) == (4, 2)
+    assert slices_kept_per_guide(oracle, 1) == 1
     oracle.overlapping_guides = False
-    assert not uses_overlapping_guides(oracle) and slices_kept_per_guide(oracle, 8) == 8
+    assert not uses_overlapping_guides(oracle)
+    assert (slices_per_guide(oracle, 8), slices_kept_per_guide(oracle, 8)) == (8, 8)
     views = guide_views(ScoringOracle(truth, flip_averaging=False))
     assert [next(views) for _ in range(3)] == ["plain", "plain", "plain"]
 
