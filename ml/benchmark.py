@@ -27,6 +27,7 @@ import pathlib
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,17 @@ def generated_volume(depth: int, size: int, seed: int = 0) -> tuple[np.ndarray, 
     return image, mask
 
 
+def _median_ms(call: Callable[[], object], per: int, repeats: int) -> float:
+    """Median ms of ``call`` divided by ``per`` over ``repeats`` runs, after one warm-up run."""
+    call()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - started) * 1000.0 / per)
+    return statistics.median(timings)
+
+
 def time_propagation(
     predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray, slices: int, repeats: int
 ) -> float:
@@ -64,13 +76,11 @@ def time_propagation(
     guide_z = image.shape[0] // 2
     targets = image[guide_z + 1 : guide_z + 1 + slices]
     window = Window(0.0, 100.0)
-    predictor.propagate(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0))
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predictor.propagate(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0))
-        timings.append((time.perf_counter() - started) * 1000.0 / slices)
-    return statistics.median(timings)
+    return _median_ms(
+        lambda: predictor.propagate(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0)),
+        slices,
+        repeats,
+    )
 
 
 def time_loop_slice(
@@ -88,13 +98,13 @@ def time_loop_slice(
     guide_z = image.shape[0] // 2
     targets = image[guide_z + 1 : guide_z + 1 + predicted]
     window = Window(0.0, 100.0)
-    predictor.propagate_scored(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0), view="plain")
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        predictor.propagate_scored(image[guide_z], mask[guide_z], targets, window, (1.0, 1.0), view="plain")
-        timings.append((time.perf_counter() - started) * 1000.0 / kept)
-    return statistics.median(timings)
+    return _median_ms(
+        lambda: predictor.propagate_scored(
+            image[guide_z], mask[guide_z], targets, window, (1.0, 1.0), view="plain"
+        ),
+        kept,
+        repeats,
+    )
 
 
 def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray) -> float:

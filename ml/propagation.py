@@ -33,7 +33,7 @@ Directions: ``"up"`` walks towards increasing ``z``, ``"down"`` towards decreasi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -41,7 +41,6 @@ import numpy as np
 from scipy import ndimage
 
 from ml.predictor import (
-    ScoredSlices,
     ScoringPredictor,
     SliceClick,
     SlicePredictor,
@@ -202,20 +201,38 @@ def _direction_chunks(
             spacing_yx,
             guide_distances=[abs(z - guide_z) * spacing_z for z in targets_z],
         )
-        kept: list[tuple[int, np.ndarray]] = []
-        previous = guide_mask
-        reach = _crop_reach(guide_mask)
-        for z, probability in zip(targets_z, probabilities, strict=True):
-            mask = keep_connected(np.asarray(probability) >= 0.5, previous)
-            if not mask.any():
-                yield kept
-                return
-            kept.append((z, mask))
-            previous = mask
-            if _outgrows(mask, reach):
-                break  # later slices of this chunk were cut by the guide's crop: re-guide from here
+        candidates = (
+            (z, np.asarray(probability) >= 0.5)
+            for z, probability in zip(targets_z, probabilities, strict=True)
+        )
+        kept, ended = _keep_outward(candidates, guide_mask)
         yield kept
+        if ended:
+            return
         guide_z, guide_mask = kept[-1]
+
+
+def _keep_outward(
+    candidates: Iterable[tuple[int, np.ndarray]], guide_mask: np.ndarray
+) -> tuple[list[tuple[int, np.ndarray]], bool]:
+    """The slices of one guide's chunk that the loop keeps, and whether the object ended in it.
+
+    Walks ``(z, candidate bool (Y, X))`` outward, keeping each slice's part connected to the previous kept
+    slice (``keep_connected``); ends at the first empty one (the object ended) or after a slice that
+    outgrows the guide's crop (later candidates were cut by that crop: re-guide from there).
+    """
+    kept: list[tuple[int, np.ndarray]] = []
+    previous = guide_mask
+    reach = _crop_reach(guide_mask)
+    for z, candidate in candidates:
+        mask = keep_connected(candidate, previous)
+        if not mask.any():
+            return kept, True
+        kept.append((z, mask))
+        previous = mask
+        if _outgrows(mask, reach):
+            break
+    return kept, False
 
 
 def uses_overlapping_guides(predictor: SlicePredictor) -> TypeGuard[ScoringPredictor]:
@@ -276,7 +293,7 @@ def _overlapping_direction_chunks(
         targets_z = list(range(guide_z + step, last_z + step, step))[:predicted]
         if not targets_z:
             return
-        scored: ScoredSlices = predictor.propagate_scored(
+        scored = predictor.propagate_scored(
             _slice(volume, guide_z),
             guide_mask,
             np.asarray(volume[targets_z], dtype=np.float32),
@@ -290,27 +307,17 @@ def _overlapping_direction_chunks(
                 before_probability, before_present = earlier[z]
                 probability, present = (probability + before_probability) / 2, (present + before_present) / 2
             answers[z] = (probability, float(present))
-        kept: list[tuple[int, np.ndarray]] = []
-        previous = guide_mask
-        reach = _crop_reach(guide_mask)
-        for z in targets_z[:keep]:
-            probability, present = answers[z]
-            mask = (
-                keep_connected(probability >= 0.5, previous)
-                if present >= predictor.present_threshold
-                else None
-            )
-            if mask is None or not mask.any():
-                yield kept
-                return
-            kept.append((z, mask))
-            previous = mask
-            if _outgrows(mask, reach):
-                # Re-guide from here. The answers past it stay in the average: dropping them (they may be
-                # cut by this guide's crop) measured worse, hippocampus training cases 0.753 -> 0.744.
-                break
+        candidates = (
+            (z, (answers[z][0] >= 0.5) & (answers[z][1] >= predictor.present_threshold))
+            for z in targets_z[:keep]
+        )
+        kept, ended = _keep_outward(candidates, guide_mask)
         yield kept
+        if ended:
+            return
         guide_z, guide_mask = kept[-1]
+        # Answers past the new guide stay in the average even when a slice outgrew the crop and they may be
+        # cut by it: dropping them measured worse (hippocampus training cases 0.753 -> 0.744).
         earlier = {z: answer for z, answer in answers.items() if (z - guide_z) * step > 0}
 
 
