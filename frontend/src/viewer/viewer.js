@@ -968,7 +968,8 @@ export class Viewer {
     if (!job) return;
     try {
       await api(`/api/jobs/${job.id}/cancel/`, { method: 'POST' });
-      this.setStatus('Cancelling…');
+      // The worker may have stopped, and its "cancelled" event been shown, before this request returned.
+      if (this.live.active && this.live.job?.id === job.id) this.setStatus('Cancelling…');
     } catch (error) {
       this.showError(error);
     }
