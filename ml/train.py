@@ -659,14 +659,22 @@ def build_pools(
     return pools
 
 
-def learning_rate(base: float, step: int, elapsed: float, budget: float, warm_from: int = 0) -> float:
-    """Linear warm-up over 200 steps from ``warm_from``, constant, then cosine down to 5% over the last 30%
-    of the budget."""
+def learning_rate(
+    base: float,
+    step: int,
+    elapsed: float,
+    budget: float,
+    warm_from: int = 0,
+    anneal_fraction: float = 0.3,
+) -> float:
+    """Linear warm-up over 200 steps from ``warm_from``, constant, then cosine down to 5% over the last
+    ``anneal_fraction`` of the budget (1.0: the whole invocation is one anneal, for a final sitting)."""
     warm = min(1.0, (step - warm_from + 1) / 200)
     fraction = elapsed / budget if budget > 0 else 0.0
-    if fraction <= 0.7:
+    anneal_start = 1.0 - anneal_fraction
+    if fraction <= anneal_start:
         return base * warm
-    progress = min(1.0, (fraction - 0.7) / 0.3)
+    progress = min(1.0, (fraction - anneal_start) / anneal_fraction)
     return base * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -767,6 +775,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--box-every", type=int, default=2, help="a Box2Mask step every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
+        "--anneal-fraction",
+        type=float,
+        default=0.3,
+        help="share of --minutes, at the end, over which the learning rate is cosine-annealed to 5%%",
+    )
+    parser.add_argument(
         "--present-features",
         choices=("decoder", "bottleneck"),
         default="decoder",
@@ -792,7 +806,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 < args.anneal_fraction <= 1.0:
+        parser.error(f"--anneal-fraction must be in (0, 1], got {args.anneal_fraction}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -920,7 +937,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if elapsed >= budget or (args.max_steps and steps_this_session >= args.max_steps):
             break
         step_started = time.time()
-        lr = learning_rate(args.lr, step, elapsed, budget, warm_from)
+        lr = learning_rate(args.lr, step, elapsed, budget, warm_from, args.anneal_fraction)
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -223,3 +223,23 @@ def test_dataset_weights_split_the_real_data_share_and_reject_unknown_names() ->
     for bad in ("Dataset009_Spleen=2", "Dataset001_Hippocampus", "Dataset001_Hippocampus=x", f"{names[1]}=0"):
         with pytest.raises(ValueError, match="--dataset-weight"):
             train.task_weights(names, [bad], 0.3)
+
+
+def test_a_final_sitting_can_anneal_over_its_whole_budget() -> None:
+    base, budget = 2e-4, 100.0
+    whole = [
+        train.learning_rate(base, 1000, elapsed, budget, anneal_fraction=1.0) for elapsed in (0, 50, 100)
+    ]
+    assert whole[0] == pytest.approx(base)
+    assert whole[1] == pytest.approx(base * (0.05 + 0.95 * 0.5))
+    assert whole[2] == pytest.approx(base * 0.05)
+    # The default keeps 70 % of the budget at the full rate.
+    assert train.learning_rate(base, 1000, 60, budget) == pytest.approx(base)
+    assert train.learning_rate(base, 1000, 85, budget) < base
+
+
+def test_an_anneal_fraction_outside_zero_to_one_is_refused_before_anything_loads() -> None:
+    with pytest.raises(SystemExit):
+        train.parse_args(["--anneal-fraction", "0"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--anneal-fraction", "1.5"])
