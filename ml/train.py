@@ -807,14 +807,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
     )
     args = parser.parse_args(argv)
+    # Bad settings end here, with the usage line, before any data set is loaded.
     if not 0.0 < args.anneal_fraction <= 1.0:
         parser.error(f"--anneal-fraction must be in (0, 1], got {args.anneal_fraction}")
+    try:
+        args.task_weights = task_weights(args.datasets, args.dataset_weight, args.synthetic_weight)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    weights = task_weights(args.datasets, args.dataset_weight, args.synthetic_weight)  # fails before loading
     torch.set_num_threads(args.threads)
     device = (
         torch.device(args.device)
@@ -877,7 +881,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 optimizer.load_state_dict(optimizers_state[name])
 
     pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
-    sampler = TaskSampler(pools, weights, seed=args.seed + step, rollout_chance=args.rollout)
+    sampler = TaskSampler(pools, args.task_weights, seed=args.seed + step, rollout_chance=args.rollout)
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
     )
