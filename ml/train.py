@@ -13,9 +13,10 @@ PropSAM task sampling (reference/propsam_method.md 1.6, issue 4):
   prediction of the guide slice from a true (sometimes corrupted) mask 1-8 slices behind it, made with the
   current weights just before the step. At inference every chunk is guided by the previous chunk's output;
   the corrupted guides above only imitate that drift, these are it.
-* Box2Mask sample: an object slice with a box jittered like a user draws it (55%), a click-only prompt
-  (20%), or a correction (25%: a corrupted prior mask, clicks at the centres of its largest error regions,
-  a box half of the time).
+* Box2Mask sample: an object slice with a box jittered like a user draws it (50%), a click-only prompt
+  (17%), or a correction (33%: a corrupted prior mask, clicks at the centres of its largest error regions,
+  a box half of the time). A third of the corrupted priors are swollen (holes and bays filled, or a leak
+  into touching tissue), so a negative click inside the old mask must remove only the wrong part.
 
 Loss: batch soft Dice + BCE at every deep-supervision level (weights halving per level), plus BCE on the
 object-present logits. Progress, losses and validation Dice go to ``<run>/log.jsonl`` and stdout.
@@ -72,6 +73,9 @@ MIN_GUIDE_AREA = 3
 LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.5-4x coarser in-plane
 MAX_ROLLOUT_HOP = 8
 """Furthest (in slices) a rollout task's source slice lies behind its guide (see ``PropBatch``)."""
+# Box2Mask prompt mix; the rest are corrections of a wrong prior mask (see corrupt_prior).
+BOX_PROMPT_SHARE = 0.5
+CLICK_ONLY_SHARE = 0.17
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,11 +291,11 @@ class TaskSampler:
         positive: list[tuple[float, float]] = []
         negative: list[tuple[float, float]] = []
         prior = None
-        if mode < 0.55:
+        if mode < BOX_PROMPT_SHARE:
             crop = square_crop(box, float(rng.uniform(1.2, 1.9)), shift=tuple(rng.normal(0, 0.03, size=2)))
             window = box2mask_window(image, box)
             prompt_box: tuple[int, int, int, int] | None = box
-        elif mode < 0.75:
+        elif mode < BOX_PROMPT_SHARE + CLICK_ONLY_SHARE:
             positive.append(interior_point(truth, rng))
             if rng.random() < 0.3:
                 positive.append(interior_point(truth, rng, deep=False))
@@ -389,20 +393,33 @@ def error_click(
 def corrupt_prior(
     truth: np.ndarray, volume: ObjectVolume, obj: Any, z: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """A plausible wrong mask to correct: neighbour slice's mask, eroded/dilated, shifted, or with a blob."""
+    """A plausible wrong mask to correct: neighbour slice's mask, eroded/dilated, shifted, with a blob, or
+    swollen (``filled_prior`` / ``leaked_prior``, 35 %; eroded/dilated when the object has neither a bay to
+    fill nor a leak to take)."""
     choice = rng.random()
-    if choice < 0.3:
+    if choice >= 0.65:
+        # A prediction that swallowed more than the object: the correction is a negative click inside the
+        # old mask while the object is still there (the case session 8 found Box2Mask emptying).
+        def leak() -> np.ndarray | None:
+            return leaked_prior(truth, volume.case.image[z], volume.object_map[z], obj.object_id, rng)
+
+        swollen = filled_prior(truth, rng) if choice < 0.82 else leak()
+        if swollen is None:
+            swollen = leak() if choice < 0.82 else filled_prior(truth, rng)
+        if swollen is not None:
+            return swollen
+    if choice < 0.2:
         neighbour = z + int(rng.choice([-3, -2, -1, 1, 2, 3]))
         if obj.z_first <= neighbour <= obj.z_last:
             return volume.object_map[neighbour] == obj.object_id
-    if choice < 0.55:
+    if choice < 0.37 or choice >= 0.65:
         iterations = int(rng.integers(1, 4))
         return (
             ndimage.binary_dilation(truth, iterations=iterations)
             if rng.random() < 0.5
             else ndimage.binary_erosion(truth, iterations=iterations)
         )
-    if choice < 0.75:
+    if choice < 0.5:
         return np.roll(truth, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
     prior = truth.copy()
     y, x = interior_point(truth, rng, deep=False)
@@ -413,6 +430,56 @@ def corrupt_prior(
     ) ** 2 <= radius**2
     prior[blob] = rng.random() < 0.5
     return prior
+
+
+def disk(radius: int) -> np.ndarray:
+    """A filled disk ``(2r+1, 2r+1)`` of True, the structuring element of a round closing."""
+    yy, xx = np.ogrid[-radius : radius + 1, -radius : radius + 1]
+    return yy**2 + xx**2 <= radius**2
+
+
+def filled_prior(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """``truth (Y, X)`` with its holes and bays filled (a closing by a 3-9 px disk): what a mask that swallowed
+    a kidney's sinus or the bay of a crescent looks like. None when that adds under 8 % of the area."""
+    radius = int(rng.integers(3, 10))
+    padded = np.pad(truth, radius + 1)
+    closed = ndimage.binary_closing(padded, structure=disk(radius))[
+        radius + 1 : -radius - 1, radius + 1 : -radius - 1
+    ]
+    filled = ndimage.binary_fill_holes(closed | truth)
+    if filled.sum() - truth.sum() < max(4, 0.08 * truth.sum()):
+        return None
+    return filled
+
+
+def leaked_prior(
+    truth: np.ndarray,
+    image: np.ndarray,
+    object_map: np.ndarray,
+    object_id: int,
+    rng: np.random.Generator,
+) -> np.ndarray | None:
+    """``truth (Y, X)`` plus a one-sided leak into touching tissue, as both engines leak: part of a neighbouring
+    labelled object when one touches it, else the nearby pixels whose intensity looks like the object's.
+    None when no leak of at least 8 % of the object's area is found."""
+    reach = int(rng.integers(3, 13))
+    ring = ndimage.binary_dilation(truth, iterations=reach) & ~truth
+    centre_y, centre_x = np.argwhere(truth).mean(axis=0)
+    yy, xx = np.mgrid[: truth.shape[0], : truth.shape[1]]
+    angle = np.arctan2(yy - centre_y, xx - centre_x) - rng.uniform(-np.pi, np.pi)
+    side = np.cos(angle) > 0.5  # within +-60 degrees of a random direction
+    others = ring & side & (object_map > 0) & (object_map != object_id)
+    if rng.random() < 0.5 and others.sum() >= 0.08 * truth.sum():
+        leak = others
+    else:
+        low, high = np.percentile(image[truth], [10, 90])
+        leak = ring & side & (image >= low) & (image <= high)
+    regions, _ = ndimage.label(leak | truth)
+    touching = np.unique(regions[truth])
+    leak &= np.isin(regions, touching[touching > 0])
+    if leak.sum() < max(4, 0.08 * truth.sum()):
+        return None
+    return truth | leak
 
 
 def corrupt_masks(masks: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -524,6 +591,32 @@ def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.dev
 
 # ---------------------------------------------------------------------------------------------------------
 # Loss
+
+
+def propmask_step(
+    propmask: PropMask,
+    optimizer: torch.optim.Optimizer,
+    sampler: TaskSampler,
+    prop_config: Any,
+    device: torch.device,
+    tasks: int = 8,
+) -> dict[str, float]:
+    """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses."""
+    batch = sampler.propmask_batch(tasks, prop_config.adjacent_slices, prop_config.input_size)
+    rollout_guides = apply_rollout_guides(propmask, batch, device)
+    output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
+    mask_loss = segmentation_loss(output.masks, batch.target.to(device))
+    present_loss = (
+        F.binary_cross_entropy_with_logits(output.present, batch.present.to(device))
+        if output.present is not None
+        else torch.zeros(())
+    )
+    loss = mask_loss + 0.5 * present_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)
+    optimizer.step()
+    return {"prop": mask_loss.item(), "present": present_loss.item(), "rollout": float(rollout_guides)}
 
 
 def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -775,6 +868,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--box-every", type=int, default=2, help="a Box2Mask step every N steps")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
+        "--networks",
+        choices=("both", "box2mask"),
+        default="both",
+        help="which networks train; box2mask = a Box2Mask step every step, PropMask left as it is",
+    )
+    parser.add_argument(
         "--anneal-fraction",
         type=float,
         default=0.3,
@@ -945,23 +1044,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for optimizer in optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        batch = sampler.propmask_batch(args.tasks, prop_config.adjacent_slices, size)
-        rollout_guides = apply_rollout_guides(propmask, batch, device)
-        output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
-        target = batch.target.to(device)
-        mask_loss = segmentation_loss(output.masks, target)
-        present_loss = (
-            F.binary_cross_entropy_with_logits(output.present, batch.present.to(device))
-            if output.present is not None
-            else torch.zeros(())
-        )
-        loss = mask_loss + 0.5 * present_loss
-        optimizers["propmask"].zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)
-        optimizers["propmask"].step()
-        losses = {"prop": mask_loss.item(), "present": present_loss.item(), "rollout": float(rollout_guides)}
-        if step % args.box_every == 0:
+        losses: dict[str, float] = {}
+        if args.networks == "both":
+            losses.update(
+                propmask_step(propmask, optimizers["propmask"], sampler, prop_config, device, args.tasks)
+            )
+        if args.networks == "box2mask" or step % args.box_every == 0:
             inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
             box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))
             optimizers["box2mask"].zero_grad(set_to_none=True)

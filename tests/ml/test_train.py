@@ -128,6 +128,88 @@ def test_leak_corrections_teach_negative_clicks_to_empty_a_wrong_mask(sampler: t
         assert target.max() == 0  # the slice is past the object's end
 
 
+def test_a_filled_prior_swallows_a_kidneys_sinus_and_keeps_the_whole_object() -> None:
+    kidney = np.zeros((60, 60), bool)
+    yy, xx = np.ogrid[:60, :60]
+    kidney[(yy - 30) ** 2 + (xx - 30) ** 2 <= 20**2] = True
+    kidney[(yy - 30) ** 2 + (xx - 36) ** 2 <= 8**2] = False  # the sinus
+    kidney[28:33, 36:52] = False  # the hilum, a narrow channel out of it
+
+    for seed in range(5):
+        prior = train.filled_prior(kidney, np.random.default_rng(seed))
+
+        assert prior is not None
+        assert prior[kidney].all()  # nothing of the object is lost
+        assert prior[30, 36] and not kidney[30, 36]  # the sinus is filled
+        assert prior.sum() > 1.08 * kidney.sum()
+
+
+def test_a_convex_object_has_no_filled_prior() -> None:
+    square = np.zeros((40, 40), bool)
+    square[10:30, 10:30] = True
+    assert train.filled_prior(square, np.random.default_rng(0)) is None
+
+
+def test_a_leaked_prior_reaches_into_a_touching_object_on_one_side_only() -> None:
+    object_map = np.zeros((60, 60), np.int16)
+    object_map[20:40, 10:30] = 1
+    object_map[20:40, 30:50] = 2  # touches object 1 on its right
+    image = np.where(object_map > 0, 100.0, 0.0)  # the same brightness: a classical engine would leak here
+    truth = object_map == 1
+
+    leaks = [
+        train.leaked_prior(truth, image, object_map, 1, np.random.default_rng(seed)) for seed in range(20)
+    ]
+
+    found = [leak for leak in leaks if leak is not None]
+    assert found
+    for prior in found:
+        assert prior[truth].all()
+        extra = prior & ~truth
+        assert extra.sum() >= 0.08 * truth.sum()
+        assert (object_map[extra] == 2).all()  # only the touching object, never the dark background
+
+
+def test_swollen_priors_teach_a_negative_click_that_keeps_the_object() -> None:
+    rng = np.random.default_rng(5)
+    volumes = [object_volume(synthetic_case(rng, f"t{i}")) for i in range(3)]
+    sampler = train.TaskSampler({"synthetic": volumes}, {"synthetic": 1.0}, seed=1)
+    kept = 0
+    for _ in range(300):
+        volume, obj = sampler._pick_object()
+        z = (obj.z_first + obj.z_last) // 2
+        truth = sampler._object_slice(volume, obj, z)
+        prior = train.corrupt_prior(truth, volume, obj, z, sampler.rng)
+        if prior.sum() <= truth.sum() or not prior[truth].all():
+            continue  # not a swollen prior
+        click = train.error_click(truth, prior, [], [])
+        assert click is not None and not click[2]  # a negative click, inside the old mask
+        assert prior[int(click[0]), int(click[1])]
+        kept += 1
+    assert kept >= 30  # the answer to these is the object itself, not an empty slice
+
+
+def test_a_box2mask_only_run_leaves_propmask_untouched(tmp_path: pathlib.Path) -> None:
+    from ml.checkpoint import load_weights
+
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    common += ["--run", str(tmp_path / "run")]
+    train.main([*common, "--max-steps", "2"])
+    box_before, prop_before, _ = load_weights(tmp_path / "run" / "last.pt")
+
+    result = train.main([*common, "--max-steps", "3", "--resume", "--networks", "box2mask"])
+
+    box_after, prop_after, _ = load_weights(tmp_path / "run" / "last.pt")
+    assert result["step"] == 5 and "prop" not in result["running_loss"]
+    for name, value in prop_before.state_dict().items():
+        assert torch.equal(value, prop_after.state_dict()[name]), name
+    assert any(
+        not torch.equal(value, box_after.state_dict()[name])
+        for name, value in box_before.state_dict().items()
+    )
+
+
 def test_loss_falls_when_fitting_a_fixed_batch(sampler: train.TaskSampler) -> None:
     torch.manual_seed(0)
     propmask, box2mask = PropMask(TINY_PROPMASK), Box2Mask(TINY_BOX2MASK)
