@@ -5,10 +5,15 @@ Two kinds of file:
 * **Training state** (``ml/runs/<name>/last.pt``, ``best.pt``): both networks in float32 with their
   configs, optimizer states, step, elapsed training seconds, RNG states, validation history. Resumable.
 * **Shipped weights** (``ml/weights/proplabel_learned.pt``): both networks' configs and float16 state
-  dicts plus training metadata; nothing else. ``load_weights`` rebuilds float32 networks from it.
+  dicts plus training metadata, and optionally a **corrections Box2Mask**: a copy of Box2Mask fine-tuned
+  on correction samples (``python -m ml.train --networks box2mask``) that the predictor uses whenever it
+  corrects an existing mask, while first prompts keep the Box2Mask trained with PropMask. ``load_weights``
+  rebuilds float32 networks from it.
 
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
-state into shipped weights (float16), and ``python -m ml.checkpoint info FILE`` prints what a file holds.
+state into shipped weights (float16), ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE`` puts
+the Box2Mask of a training state into a weights file as its corrections network, and ``python -m
+ml.checkpoint info FILE`` prints what a file holds.
 """
 
 from __future__ import annotations
@@ -100,32 +105,73 @@ def load_training_state(path: pathlib.Path) -> dict[str, Any]:
 
 
 def save_weights(
-    path: pathlib.Path, box2mask: Box2Mask, propmask: PropMask, metadata: dict[str, Any], half: bool = True
+    path: pathlib.Path,
+    box2mask: Box2Mask,
+    propmask: PropMask,
+    metadata: dict[str, Any],
+    half: bool = True,
+    corrections_box2mask: Box2Mask | None = None,
 ) -> None:
-    """Shipped weights: configs + (float16) state dicts + metadata."""
-    _atomic_save(
-        {
-            "format": WEIGHTS_FORMAT,
-            "box2mask": network_entry(box2mask, half=half),
-            "propmask": network_entry(propmask, half=half),
-            "metadata": metadata,
-        },
-        pathlib.Path(path),
-    )
+    """Shipped weights: configs + (float16) state dicts + metadata (+ the optional corrections Box2Mask)."""
+    payload: dict[str, Any] = {
+        "format": WEIGHTS_FORMAT,
+        "box2mask": network_entry(box2mask, half=half),
+        "propmask": network_entry(propmask, half=half),
+        "metadata": metadata,
+    }
+    if corrections_box2mask is not None:
+        if corrections_box2mask.config != box2mask.config:
+            raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
+        payload["corrections_box2mask"] = network_entry(corrections_box2mask, half=half)
+    _atomic_save(payload, pathlib.Path(path))
 
 
-def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]]:
-    """Rebuild float32 ``(Box2Mask, PropMask, metadata)`` from a shipped-weights or training-state file."""
+def _load_payload(path: pathlib.Path) -> dict[str, Any]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload.get("format") not in (WEIGHTS_FORMAT, TRAINING_FORMAT):
         raise ValueError(f"{path} is not a PropLabel checkpoint (format {payload.get('format')!r})")
+    return payload
+
+
+def load_all_weights(
+    path: pathlib.Path,
+) -> tuple[Box2Mask, PropMask, Box2Mask | None, dict[str, Any]]:
+    """Rebuild float32 ``(Box2Mask, PropMask, corrections Box2Mask or None, metadata)`` from a
+    shipped-weights or training-state file (a training state never holds a corrections network)."""
+    payload = _load_payload(path)
     metadata = dict(payload.get("metadata", {}))
     if payload["format"] == TRAINING_FORMAT:
         metadata["step"] = payload["step"]
-    return build_box2mask(payload["box2mask"]), build_propmask(payload["propmask"]), metadata
+    corrections = payload.get("corrections_box2mask")
+    return (
+        build_box2mask(payload["box2mask"]),
+        build_propmask(payload["propmask"]),
+        build_box2mask(corrections) if corrections is not None else None,
+        metadata,
+    )
+
+
+def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]]:
+    """Rebuild float32 ``(Box2Mask, PropMask, metadata)`` (what training resumes from and exports)."""
+    box2mask, propmask, _, metadata = load_all_weights(path)
+    return box2mask, propmask, metadata
+
+
+def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path) -> None:
+    """Store the Box2Mask of ``training_state`` in ``weights_file`` as its corrections network (float16);
+    everything else in the file stays as it was."""
+    box2mask, propmask, _, metadata = load_all_weights(weights_file)
+    corrections, _, corrections_metadata = load_weights(training_state)
+    metadata["corrections_box2mask"] = {
+        "from": str(training_state),
+        "step": corrections_metadata.get("step"),
+        "trained_seconds": corrections_metadata.get("trained_seconds"),
+        "command": corrections_metadata.get("command"),
+    }
+    save_weights(weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections)
 
 
 def export_weights(
@@ -145,16 +191,25 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser("export", help="training state -> shipped float16 weights")
     export.add_argument("training_state", type=pathlib.Path)
     export.add_argument("weights_dir", type=pathlib.Path, nargs="?", default=DEFAULT_WEIGHTS_DIR)
+    attach = commands.add_parser(
+        "attach-corrections", help="a training state's Box2Mask -> the corrections network of a weights file"
+    )
+    attach.add_argument("weights_file", type=pathlib.Path)
+    attach.add_argument("training_state", type=pathlib.Path)
     info = commands.add_parser("info", help="print a checkpoint's configs and metadata")
     info.add_argument("path", type=pathlib.Path)
     args = parser.parse_args(argv)
     if args.command == "export":
         target = export_weights(args.training_state, args.weights_dir)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    elif args.command == "attach-corrections":
+        attach_corrections(args.weights_file, args.training_state)
+        print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     else:
-        box2mask, propmask, metadata = load_weights(args.path)
+        box2mask, propmask, corrections, metadata = load_all_weights(args.path)
         print("box2mask", box2mask.config)
         print("propmask", propmask.config)
+        print("corrections box2mask", "yes" if corrections is not None else "none (Box2Mask corrects too)")
         for key, value in metadata.items():
             print(f"{key}: {value}")
 

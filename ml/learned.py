@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_weights
+from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_all_weights
 from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
 from ml.networks import Box2Mask, PropMask
 from ml.predictor import ScoredSlices, SliceClick, View, Window
@@ -79,8 +79,11 @@ class LearnedPredictor:
         flip_averaging: bool = False,
         present_threshold: float = 0.5,
         overlapping_guides: bool = False,
+        corrections_box2mask: Box2Mask | None = None,
     ) -> None:
-        """``flip_averaging``: propagate the crop and its mirror image in one batch and average both
+        """``corrections_box2mask``: a Box2Mask fine-tuned on correction samples; when given, it answers every
+        prompt that corrects a prior mask, and ``box2mask`` answers first prompts (box, clicks alone).
+        ``flip_averaging``: propagate the crop and its mirror image in one batch and average both
         answers (masks and object-present probabilities); about twice the work per slice.
         ``present_threshold``: a propagated slice whose object-present probability is below it comes back
         empty (that is where propagation stops).
@@ -91,6 +94,11 @@ class LearnedPredictor:
             raise ValueError("Box2Mask and PropMask must share one input size")
         self.device = torch.device(device) if device is not None else default_device()
         self.box2mask = box2mask.to(self.device).eval()
+        if corrections_box2mask is not None and corrections_box2mask.config != box2mask.config:
+            raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
+        self.corrections_box2mask = (
+            corrections_box2mask.to(self.device).eval() if corrections_box2mask is not None else None
+        )
         self.propmask = propmask.to(self.device).eval()
         self.metadata = dict(metadata or {})
         self.input_size = propmask.config.input_size
@@ -206,12 +214,19 @@ class LearnedPredictor:
         inputs = box2mask_inputs(
             image, crop, window, self.input_size, box=box, positive=positive, negative=negative, prior=prior
         )
+        # A network fine-tuned on corrections answers them: it learned to cut a leak or a filled hole
+        # at a negative click without emptying the slice; first prompts keep the jointly trained one.
+        network = (
+            self.corrections_box2mask
+            if prior is not None and self.corrections_box2mask is not None
+            else self.box2mask
+        )
         # Test-time augmentation with the four flips: one batched pass, one slice, so it costs little and
         # steadies the prompt mask that every propagated slice inherits.
         flips: list[tuple[int, ...]] = [(), (-1,), (-2,), (-2, -1)]
         batch = torch.stack([inputs.flip(dims) if dims else inputs for dims in flips])
         with self._lock, torch.inference_mode():
-            logits = self.box2mask(batch.to(self.device), all_heads=False)[0][:, 0].cpu()
+            logits = network(batch.to(self.device), all_heads=False)[0][:, 0].cpu()
         unflipped = [logits[index].flip(dims) if dims else logits[index] for index, dims in enumerate(flips)]
         probabilities = torch.sigmoid(torch.stack(unflipped)).mean(dim=0, keepdim=True)
         return paste_back(probabilities, crop, image.shape)[0] >= 0.5
@@ -330,7 +345,7 @@ def load_learned_predictor(
             f"learned weights not found at {path}; train with `python -m ml.train` and export with "
             f"`python -m ml.checkpoint export ml/runs/<name>/best.pt`, or use the classical engine"
         )
-    box2mask, propmask, metadata = load_weights(path)
+    box2mask, propmask, corrections_box2mask, metadata = load_all_weights(path)
     return LearnedPredictor(
         box2mask,
         propmask,
@@ -338,4 +353,5 @@ def load_learned_predictor(
         metadata,
         flip_averaging=flip_averaging,
         overlapping_guides=overlapping_guides,
+        corrections_box2mask=corrections_box2mask,
     )

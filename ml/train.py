@@ -73,9 +73,10 @@ MIN_GUIDE_AREA = 3
 LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.5-4x coarser in-plane
 MAX_ROLLOUT_HOP = 8
 """Furthest (in slices) a rollout task's source slice lies behind its guide (see ``PropBatch``)."""
-# Box2Mask prompt mix; the rest are corrections of a wrong prior mask (see corrupt_prior).
-BOX_PROMPT_SHARE = 0.5
-CLICK_ONLY_SHARE = 0.17
+# Box2Mask prompt mix: box prompts, click-only prompts, and corrections of a wrong prior mask (see
+# corrupt_prior); ``--box2mask-corrections`` changes the last share, the other two keep their ratio.
+CORRECTION_SHARE = 0.33
+BOX_SHARE_OF_FIRST_PROMPTS = 0.5 / 0.67
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,11 +113,16 @@ class TaskSampler:
         weights: dict[str, float],
         seed: int,
         rollout_chance: float = 0.0,
+        correction_share: float = CORRECTION_SHARE,
     ) -> None:
-        """``rollout_chance``: share of PropMask tasks whose guide mask the network predicts itself."""
+        """``rollout_chance``: share of PropMask tasks whose guide mask the network predicts itself.
+        ``correction_share``: share of Box2Mask samples that correct a wrong prior mask."""
         if not 0.0 <= rollout_chance <= 1.0:
             raise ValueError(f"rollout_chance must be in [0, 1], got {rollout_chance}")
+        if not 0.0 <= correction_share <= 1.0:
+            raise ValueError(f"correction_share must be in [0, 1], got {correction_share}")
         self.rollout_chance = rollout_chance
+        self.correction_share = correction_share
         self.pools = {name: [v for v in pool if v.objects] for name, pool in pools.items()}
         self.pools = {name: pool for name, pool in self.pools.items() if pool}
         if not self.pools:
@@ -291,11 +297,12 @@ class TaskSampler:
         positive: list[tuple[float, float]] = []
         negative: list[tuple[float, float]] = []
         prior = None
-        if mode < BOX_PROMPT_SHARE:
+        first_prompts = 1.0 - self.correction_share
+        if mode < first_prompts * BOX_SHARE_OF_FIRST_PROMPTS:
             crop = square_crop(box, float(rng.uniform(1.2, 1.9)), shift=tuple(rng.normal(0, 0.03, size=2)))
             window = box2mask_window(image, box)
             prompt_box: tuple[int, int, int, int] | None = box
-        elif mode < BOX_PROMPT_SHARE + CLICK_ONLY_SHARE:
+        elif mode < first_prompts:
             positive.append(interior_point(truth, rng))
             if rng.random() < 0.3:
                 positive.append(interior_point(truth, rng, deep=False))
@@ -874,6 +881,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="which networks train; box2mask = a Box2Mask step every step, PropMask left as it is",
     )
     parser.add_argument(
+        "--box2mask-corrections",
+        type=float,
+        default=CORRECTION_SHARE,
+        help="share of Box2Mask samples that correct a wrong mask (1.0 trains a corrections network)",
+    )
+    parser.add_argument(
         "--anneal-fraction",
         type=float,
         default=0.3,
@@ -909,6 +922,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Bad settings end here, with the usage line, before any data set is loaded.
     if not 0.0 < args.anneal_fraction <= 1.0:
         parser.error(f"--anneal-fraction must be in (0, 1], got {args.anneal_fraction}")
+    if not 0.0 <= args.box2mask_corrections <= 1.0:
+        parser.error(f"--box2mask-corrections must be in [0, 1], got {args.box2mask_corrections}")
     try:
         args.task_weights = task_weights(args.datasets, args.dataset_weight, args.synthetic_weight)
     except ValueError as error:
@@ -980,7 +995,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 optimizer.load_state_dict(optimizers_state[name])
 
     pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
-    sampler = TaskSampler(pools, args.task_weights, seed=args.seed + step, rollout_chance=args.rollout)
+    sampler = TaskSampler(
+        pools,
+        args.task_weights,
+        seed=args.seed + step,
+        rollout_chance=args.rollout,
+        correction_share=args.box2mask_corrections,
+    )
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
     )

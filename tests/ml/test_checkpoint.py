@@ -9,7 +9,9 @@ import torch
 
 from ml.checkpoint import (
     WEIGHTS_FILE,
+    attach_corrections,
     export_weights,
+    load_all_weights,
     load_training_state,
     load_weights,
     save_training_state,
@@ -95,3 +97,35 @@ def test_missing_or_foreign_files_are_reported(tmp_path: pathlib.Path) -> None:
     torch.save({"format": "something else"}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a PropLabel checkpoint"):
         load_weights(tmp_path / "foreign.pt")
+
+
+def test_a_corrections_network_is_attached_without_touching_the_shipped_networks(
+    tmp_path: pathlib.Path,
+) -> None:
+    box2mask, propmask = Box2Mask(BOX), PropMask(PROP)
+    save_weights(tmp_path / WEIGHTS_FILE, box2mask, propmask, {"step": 5})
+    assert load_all_weights(tmp_path / WEIGHTS_FILE)[2] is None  # older files have none
+    before = _outputs(*load_weights(tmp_path / WEIGHTS_FILE)[:2])
+    fine_tuned = Box2Mask(BOX)
+    save_training_state(tmp_path / "tuned.pt", fine_tuned, PropMask(PROP), {}, 9, {"command": "c"}, {})
+
+    attach_corrections(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
+
+    loaded_box, loaded_prop, corrections, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    for old, new in zip(before, _outputs(loaded_box, loaded_prop), strict=True):
+        torch.testing.assert_close(old, new, rtol=0, atol=0)
+    assert corrections is not None and corrections.config == BOX
+    box_inputs = _inputs()[3]
+    with torch.no_grad():
+        expected = fine_tuned.eval()(box_inputs)[0]
+        torch.testing.assert_close(corrections.eval()(box_inputs)[0], expected, rtol=0.05, atol=0.05)
+    assert metadata["step"] == 5 and metadata["corrections_box2mask"]["step"] == 9
+
+
+def test_a_corrections_network_of_another_shape_is_refused(tmp_path: pathlib.Path) -> None:
+    other = Box2Mask(
+        Box2MaskConfig(base_width=8, max_width=16, n_stages=4, input_size=32, deep_supervision_heads=2)
+    )
+    with pytest.raises(ValueError, match="same configuration"):
+        save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(BOX), PropMask(PROP), {}, corrections_box2mask=other)
+    assert not (tmp_path / WEIGHTS_FILE).exists()

@@ -109,6 +109,26 @@ def test_prompt_mask_accepts_box_clicks_and_prior(predictor, slice_and_mask) -> 
         assert result.shape == image.shape and result.dtype == bool
 
 
+def test_a_corrections_network_answers_corrections_and_only_corrections(slice_and_mask) -> None:
+    from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+    from ml.networks import Box2Mask, PropMask
+
+    torch.manual_seed(0)
+    first, corrections = Box2Mask(TINY_BOX2MASK), Box2Mask(TINY_BOX2MASK)
+    calls = {"first": 0, "corrections": 0}
+    first.register_forward_hook(lambda *_: calls.__setitem__("first", calls["first"] + 1))
+    corrections.register_forward_hook(lambda *_: calls.__setitem__("corrections", calls["corrections"] + 1))
+    predictor = LearnedPredictor(first, PropMask(TINY_PROPMASK), "cpu", corrections_box2mask=corrections)
+    image, mask = slice_and_mask
+
+    predictor.prompt_mask(image, (0.8, 0.8), box=(20, 30, 39, 54))
+    predictor.prompt_mask(image, (0.8, 0.8), clicks=[SliceClick(30, 40)])
+    assert calls == {"first": calls["first"], "corrections": 0} and calls["first"] >= 2
+
+    predictor.prompt_mask(image, (0.8, 0.8), clicks=[SliceClick(22, 32, positive=False)], prior=mask)
+    assert calls["corrections"] == 1
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -210,6 +210,21 @@ def test_a_box2mask_only_run_leaves_propmask_untouched(tmp_path: pathlib.Path) -
     )
 
 
+def test_a_corrections_only_sampler_gives_every_sample_a_mask_to_correct() -> None:
+    rng = np.random.default_rng(4)
+    volumes = {"synthetic": [object_volume(synthetic_case(rng, f"c{i}")) for i in range(3)]}
+    corrections = train.TaskSampler(volumes, {"synthetic": 1.0}, seed=2, correction_share=1.0)
+    first_prompts = train.TaskSampler(volumes, {"synthetic": 1.0}, seed=2, correction_share=0.0)
+
+    with_prior = float((corrections.box2mask_batch(60, 32)[0][:, 4].flatten(1).amax(1) > 0).float().mean())
+    without = float((first_prompts.box2mask_batch(60, 32)[0][:, 4].flatten(1).amax(1) > 0).float().mean())
+
+    assert with_prior > 0.9  # all but priors eroded away on tiny objects
+    assert without < 0.25  # only the leak corrections past the object's ends
+    with pytest.raises(SystemExit):
+        train.parse_args(["--box2mask-corrections", "1.5"])
+
+
 def test_loss_falls_when_fitting_a_fixed_batch(sampler: train.TaskSampler) -> None:
     torch.manual_seed(0)
     propmask, box2mask = PropMask(TINY_PROPMASK), Box2Mask(TINY_BOX2MASK)
