@@ -455,7 +455,9 @@ def test_reviewer_requests_changes(live_embedded_server: Any, browser: Any, arti
         page.close()
 
 
-def test_radiological_orientation_of_a_ras_volume(live_embedded_server: Any, browser: Any, artifacts: Path) -> None:
+def test_radiological_orientation_of_a_ras_volume(
+    live_embedded_server: Any, browser: Any, artifacts: Path
+) -> None:
     """A volume stored RAS (most NIfTI) shows anterior at the top and the patient's right on the screen's left.
 
     The phantom's voxels are served with its affine's y and x columns negated, i.e. the same array declared
@@ -522,14 +524,18 @@ def test_radiological_orientation_of_a_ras_volume(live_embedded_server: Any, bro
         # Under the mouse: the bright vertebra in the image is the vertebra label, read out in canonical indices.
         px, py = marks["bone"]["px"]
         page.mouse.move(rect["x"] + px / marks["scale"], rect["y"] + py / marks["scale"])
-        page.wait_for_function("document.querySelector('.cursor-info').textContent.includes('vertebrae')", timeout=5000)
+        page.wait_for_function(
+            "document.querySelector('.cursor-info').textContent.includes('vertebrae')", timeout=5000
+        )
         readout = page.text_content(".cursor-info") or ""
         page.mouse.down()  # navigate tool: the crosshair goes to that voxel
         page.mouse.up()
         cursor = page.evaluate("() => window.proplabelViewer.cursor")
         assert f"z {cursor[0]} y {cursor[1]} x {cursor[2]}" in readout, (readout, cursor)
         shape = page.evaluate("() => window.proplabelViewer.shape")
-        assert cursor[1] > shape[1] * 0.6, cursor  # the vertebra's canonical row index stays high (posterior in the file)
+        assert cursor[1] > shape[1] * 0.6, (
+            cursor
+        )  # the vertebra's canonical row index stays high (posterior in the file)
         label = page.evaluate(
             "([z, y, x]) => { const v = window.proplabelViewer; return v.labelmap.labels[(z * v.shape[1] + y) * v.shape[2] + x]; }",
             cursor,
