@@ -191,3 +191,48 @@ def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor
             scores.append(2 * (result & obj.mask).sum() / (result.sum() + obj.mask.sum()))
     assert len(scores) == 12
     assert np.mean(scores) >= 0.65, f"shipped weights give mean Dice {np.mean(scores):.3f} on {validation}"
+
+
+@pytest.mark.shared_data
+def test_a_negative_click_on_a_leak_into_the_touching_label_removes_it_and_keeps_the_object() -> None:
+    """The correction a user makes most: the mask spilled into the neighbouring structure (here the other
+    hippocampus label), one negative click in the spill. The shipped corrections network takes the mean 2D
+    Dice of 20 such slices from 0.885 to 0.928 and never empties one; the Box2Mask trained with PropMask
+    alone gave 0.878 (8 of 20 slices worse)."""
+    from scipy import ndimage
+
+    from ml.objects import find_objects, list_cases, load_case
+    from ml.train import error_click
+
+    dataset = SHARED_DATA / "Dataset001_Hippocampus"
+    if not dataset.is_dir():
+        pytest.skip("../shared/data is not available")
+    predictor = load_learned_predictor(device="cpu")
+    validation = json.loads(SPLITS.read_text())["datasets"]["Dataset001_Hippocampus"]["val"][:25]
+    before, after = [], []
+    for case in [case for case in list_cases(dataset) if case.case_id in validation]:
+        loaded = load_case(case)
+        for obj in find_objects(loaded.labels):
+            z = obj.prompt_slice
+            truth = obj.mask[z]
+            touching = ndimage.binary_dilation(truth, iterations=6) & (loaded.labels[z] > 0) & ~truth
+            parts, count = ndimage.label(touching)
+            if count == 0:
+                continue
+            spill = parts == int(np.argmax(np.bincount(parts.ravel())[1:])) + 1
+            if spill.sum() < 0.15 * truth.sum():
+                continue
+            prior = truth | spill
+            click_y, click_x, positive = error_click(truth, prior, [], [])
+            assert not positive
+            corrected = predictor.prompt_mask(
+                loaded.image[z],
+                loaded.spacing[1:],
+                clicks=[SliceClick(int(click_y), int(click_x), positive=False)],
+                prior=prior,
+            )
+            assert corrected.any(), f"{case.case_id} slice {z}: the negative click emptied the slice"
+            before.append(2 * (prior & truth).sum() / (prior.sum() + truth.sum()))
+            after.append(2 * (corrected & truth).sum() / (corrected.sum() + truth.sum()))
+    assert len(before) >= 15
+    assert np.mean(after) >= np.mean(before) + 0.02, f"Dice {np.mean(before):.3f} -> {np.mean(after):.3f}"
