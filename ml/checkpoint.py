@@ -11,8 +11,9 @@ Two kinds of file:
   rebuilds float32 networks from it.
 
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
-state into shipped weights (float16), ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE`` puts
-the Box2Mask of a training state into a weights file as its corrections network, and ``python -m
+state into shipped weights (float16), ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE [--blend B]``
+puts the Box2Mask of a training state (blended with the file's own) into a weights file as its corrections
+network, and ``python -m
 ml.checkpoint info FILE`` prints what a file holds.
 """
 
@@ -160,16 +161,34 @@ def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]
     return box2mask, propmask, metadata
 
 
-def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path) -> None:
+def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
     """Store the Box2Mask of ``training_state`` in ``weights_file`` as its corrections network (float16);
-    everything else in the file stays as it was."""
+    everything else in the file stays as it was.
+
+    ``blend`` < 1 stores ``(1 - blend) * file's Box2Mask + blend * fine-tuned Box2Mask`` instead (weight-space
+    interpolation, as in WiSE-FT): it keeps more of the jointly trained network's behaviour on data the
+    fine-tune never saw.
+    """
+    if not 0.0 < blend <= 1.0:
+        raise ValueError(f"blend must be in (0, 1], got {blend}")
     box2mask, propmask, _, metadata = load_all_weights(weights_file)
     corrections, _, corrections_metadata = load_weights(training_state)
+    if corrections.config != box2mask.config:
+        raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
+    if blend < 1.0:
+        base, tuned = box2mask.state_dict(), corrections.state_dict()
+        corrections.load_state_dict(
+            {
+                key: (1.0 - blend) * base[key] + blend * value if value.is_floating_point() else value
+                for key, value in tuned.items()
+            }
+        )
     metadata["corrections_box2mask"] = {
         "from": str(training_state),
         "step": corrections_metadata.get("step"),
         "trained_seconds": corrections_metadata.get("trained_seconds"),
         "command": corrections_metadata.get("command"),
+        "blend": blend,
     }
     save_weights(weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections)
 
@@ -196,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     attach.add_argument("weights_file", type=pathlib.Path)
     attach.add_argument("training_state", type=pathlib.Path)
+    attach.add_argument(
+        "--blend",
+        type=float,
+        default=1.0,
+        help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
+    )
     info = commands.add_parser("info", help="print a checkpoint's configs and metadata")
     info.add_argument("path", type=pathlib.Path)
     args = parser.parse_args(argv)
@@ -203,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         target = export_weights(args.training_state, args.weights_dir)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-corrections":
-        attach_corrections(args.weights_file, args.training_state)
+        if not 0.0 < args.blend <= 1.0:
+            parser.error(f"--blend must be in (0, 1], got {args.blend}")
+        attach_corrections(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     else:
         box2mask, propmask, corrections, metadata = load_all_weights(args.path)

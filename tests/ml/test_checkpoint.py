@@ -129,3 +129,23 @@ def test_a_corrections_network_of_another_shape_is_refused(tmp_path: pathlib.Pat
     with pytest.raises(ValueError, match="same configuration"):
         save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(BOX), PropMask(PROP), {}, corrections_box2mask=other)
     assert not (tmp_path / WEIGHTS_FILE).exists()
+
+
+def test_a_blended_corrections_network_lies_halfway_between_the_two(tmp_path: pathlib.Path) -> None:
+    box2mask = Box2Mask(BOX)
+    save_weights(tmp_path / WEIGHTS_FILE, box2mask, PropMask(PROP), {}, half=False)
+    fine_tuned = Box2Mask(BOX)
+    save_training_state(tmp_path / "tuned.pt", fine_tuned, PropMask(PROP), {}, 9, {}, {})
+
+    attach_corrections(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.5)
+
+    shipped_box, _, corrections, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    assert corrections is not None and metadata["corrections_box2mask"]["blend"] == 0.5
+    name = next(key for key, value in box2mask.state_dict().items() if value.is_floating_point())
+    expected = 0.5 * box2mask.state_dict()[name] + 0.5 * fine_tuned.state_dict()[name]
+    torch.testing.assert_close(corrections.state_dict()[name], expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        shipped_box.state_dict()[name], box2mask.state_dict()[name], rtol=1e-3, atol=1e-3
+    )
+    with pytest.raises(ValueError, match="blend"):
+        attach_corrections(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.0)

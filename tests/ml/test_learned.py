@@ -197,8 +197,8 @@ def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor
 def test_a_negative_click_on_a_leak_into_the_touching_label_removes_it_and_keeps_the_object() -> None:
     """The correction a user makes most: the mask spilled into the neighbouring structure (here the other
     hippocampus label), one negative click in the spill. The shipped corrections network takes the mean 2D
-    Dice of 20 such slices from 0.885 to 0.928 and never empties one; the Box2Mask trained with PropMask
-    alone gave 0.878 (8 of 20 slices worse)."""
+    Dice of 20 such slices from 0.885 to 0.926 (2 slices worse) and never empties one; the Box2Mask trained
+    with PropMask alone gave 0.878 (8 of 20 slices worse)."""
     from scipy import ndimage
 
     from ml.objects import find_objects, list_cases, load_case
