@@ -5,16 +5,15 @@ Two kinds of file:
 * **Training state** (``ml/runs/<name>/last.pt``, ``best.pt``): both networks in float32 with their
   configs, optimizer states, step, elapsed training seconds, RNG states, validation history. Resumable.
 * **Shipped weights** (``ml/weights/proplabel_learned.pt``): both networks' configs and float16 state
-  dicts plus training metadata, and optionally a **corrections Box2Mask**: a copy of Box2Mask fine-tuned
-  on correction samples (``python -m ml.train --networks box2mask``) that the predictor uses whenever it
-  corrects an existing mask, while first prompts keep the Box2Mask trained with PropMask. ``load_weights``
-  rebuilds float32 networks from it.
+  dicts plus training metadata, and optionally a **corrections Box2Mask**: Box2Mask fine-tuned on
+  correction samples (``python -m ml.train --networks box2mask``), possibly blended with the shipped
+  Box2Mask, which the predictor uses whenever it corrects an existing mask; first prompts keep the Box2Mask
+  trained with PropMask. ``load_all_weights`` rebuilds float32 networks from it.
 
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
-state into shipped weights (float16), ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE [--blend B]``
-puts the Box2Mask of a training state (blended with the file's own) into a weights file as its corrections
-network, and ``python -m
-ml.checkpoint info FILE`` prints what a file holds.
+state into shipped weights (float16); ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE
+[--blend B]`` stores the Box2Mask of a training state (blended with the file's own) as the file's corrections
+network; ``python -m ml.checkpoint info FILE`` prints what a file holds.
 """
 
 from __future__ import annotations

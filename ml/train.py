@@ -407,25 +407,21 @@ def corrupt_prior(
     if choice >= 0.65:
         # A prediction that swallowed more than the object: the correction is a negative click inside the
         # old mask while the object is still there (the case session 8 found Box2Mask emptying).
-        def leak() -> np.ndarray | None:
-            return leaked_prior(truth, volume.case.image[z], volume.object_map[z], obj.object_id, rng)
-
-        swollen = filled_prior(truth, rng) if choice < 0.82 else leak()
-        if swollen is None:
-            swollen = leak() if choice < 0.82 else filled_prior(truth, rng)
-        if swollen is not None:
-            return swollen
+        makers = [
+            lambda: filled_prior(truth, rng),
+            lambda: leaked_prior(truth, volume.case.image[z], volume.object_map[z], obj.object_id, rng),
+        ]
+        for make in makers if choice < 0.82 else makers[::-1]:
+            swollen = make()
+            if swollen is not None:
+                return swollen
+        return dilated_or_eroded(truth, rng)
     if choice < 0.2:
         neighbour = z + int(rng.choice([-3, -2, -1, 1, 2, 3]))
         if obj.z_first <= neighbour <= obj.z_last:
             return volume.object_map[neighbour] == obj.object_id
-    if choice < 0.37 or choice >= 0.65:
-        iterations = int(rng.integers(1, 4))
-        return (
-            ndimage.binary_dilation(truth, iterations=iterations)
-            if rng.random() < 0.5
-            else ndimage.binary_erosion(truth, iterations=iterations)
-        )
+    if choice < 0.37:
+        return dilated_or_eroded(truth, rng)
     if choice < 0.5:
         return np.roll(truth, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
     prior = truth.copy()
@@ -437,6 +433,14 @@ def corrupt_prior(
     ) ** 2 <= radius**2
     prior[blob] = rng.random() < 0.5
     return prior
+
+
+def dilated_or_eroded(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``truth (Y, X)`` dilated or eroded by 1-3 px (even odds)."""
+    iterations = int(rng.integers(1, 4))
+    if rng.random() < 0.5:
+        return ndimage.binary_dilation(truth, iterations=iterations)
+    return ndimage.binary_erosion(truth, iterations=iterations)
 
 
 def disk(radius: int) -> np.ndarray:
@@ -604,12 +608,12 @@ def propmask_step(
     propmask: PropMask,
     optimizer: torch.optim.Optimizer,
     sampler: TaskSampler,
-    prop_config: Any,
     device: torch.device,
     tasks: int = 8,
 ) -> dict[str, float]:
     """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses."""
-    batch = sampler.propmask_batch(tasks, prop_config.adjacent_slices, prop_config.input_size)
+    config = propmask.config
+    batch = sampler.propmask_batch(tasks, config.adjacent_slices, config.input_size)
     rollout_guides = apply_rollout_guides(propmask, batch, device)
     output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
     mask_loss = segmentation_loss(output.masks, batch.target.to(device))
@@ -1067,9 +1071,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 group["lr"] = lr
         losses: dict[str, float] = {}
         if args.networks == "both":
-            losses.update(
-                propmask_step(propmask, optimizers["propmask"], sampler, prop_config, device, args.tasks)
-            )
+            losses.update(propmask_step(propmask, optimizers["propmask"], sampler, device, args.tasks))
         if args.networks == "box2mask" or step % args.box_every == 0:
             inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
             box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))
