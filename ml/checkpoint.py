@@ -8,12 +8,15 @@ Two kinds of file:
   dicts plus training metadata, and optionally a **corrections Box2Mask**: Box2Mask fine-tuned on
   correction samples (``python -m ml.train --networks box2mask``), possibly blended with the shipped
   Box2Mask, which the predictor uses whenever it corrects an existing mask; first prompts keep the Box2Mask
-  trained with PropMask. ``load_all_weights`` rebuilds float32 networks from it.
+  trained with PropMask; and optionally a **slice refiner** (``python -m ml.train_refiner``) that re-draws
+  a finished propagation slice by slice. ``load_all_weights`` and ``load_refiner`` rebuild float32
+  networks from it.
 
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
 state into shipped weights (float16); ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE
 [--blend B]`` stores the Box2Mask of a training state (blended with the file's own) as the file's corrections
-network; ``python -m ml.checkpoint info FILE`` prints what a file holds.
+network; ``python -m ml.checkpoint attach-refiner WEIGHTS_FILE REFINER_STATE`` stores a trained slice refiner
+in it; ``python -m ml.checkpoint info FILE`` prints what a file holds.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Any
 
 import torch
 
-from ml.config import Box2MaskConfig, PropMaskConfig
-from ml.networks import Box2Mask, PropMask
+from ml.config import Box2MaskConfig, PropMaskConfig, RefinerConfig
+from ml.networks import Box2Mask, PropMask, SliceRefiner
 
 WEIGHTS_FILE = "proplabel_learned.pt"
 WEIGHTS_FORMAT = "proplabel-weights-v1"
 TRAINING_FORMAT = "proplabel-training-v1"
+REFINER_TRAINING_FORMAT = "proplabel-refiner-training-v1"
 DEFAULT_WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "weights"
 
 
@@ -42,7 +46,7 @@ def _atomic_save(payload: dict[str, Any], path: pathlib.Path) -> None:
     os.replace(temporary, path)
 
 
-def network_entry(network: Box2Mask | PropMask, half: bool = False) -> dict[str, Any]:
+def network_entry(network: Box2Mask | PropMask | SliceRefiner, half: bool = False) -> dict[str, Any]:
     """``{"config": dict, "state": state_dict}`` (float16 tensors when ``half``)."""
     state = {
         key: (
@@ -65,6 +69,14 @@ def build_box2mask(entry: dict[str, Any]) -> Box2Mask:
 
 def build_propmask(entry: dict[str, Any]) -> PropMask:
     network = PropMask(PropMaskConfig.from_dict(entry["config"]))
+    network.load_state_dict(
+        {key: value.float() if value.is_floating_point() else value for key, value in entry["state"].items()}
+    )
+    return network
+
+
+def build_refiner(entry: dict[str, Any]) -> SliceRefiner:
+    network = SliceRefiner(RefinerConfig.from_dict(entry["config"]))
     network.load_state_dict(
         {key: value.float() if value.is_floating_point() else value for key, value in entry["state"].items()}
     )
@@ -111,8 +123,10 @@ def save_weights(
     metadata: dict[str, Any],
     half: bool = True,
     corrections_box2mask: Box2Mask | None = None,
+    refiner: SliceRefiner | None = None,
 ) -> None:
-    """Shipped weights: configs + (float16) state dicts + metadata (+ the optional corrections Box2Mask)."""
+    """Shipped weights: configs + (float16) state dicts + metadata (+ the optional corrections Box2Mask and
+    slice refiner)."""
     payload: dict[str, Any] = {
         "format": WEIGHTS_FORMAT,
         "box2mask": network_entry(box2mask, half=half),
@@ -123,6 +137,8 @@ def save_weights(
         if corrections_box2mask.config != box2mask.config:
             raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
         payload["corrections_box2mask"] = network_entry(corrections_box2mask, half=half)
+    if refiner is not None:
+        payload["refiner"] = network_entry(refiner, half=half)
     _atomic_save(payload, pathlib.Path(path))
 
 
@@ -154,6 +170,12 @@ def load_all_weights(
     )
 
 
+def load_refiner(path: pathlib.Path) -> SliceRefiner | None:
+    """The float32 slice refiner stored in a shipped-weights file, or None when it holds none."""
+    entry = _load_payload(path).get("refiner")
+    return build_refiner(entry) if entry is not None else None
+
+
 def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]]:
     """Rebuild float32 ``(Box2Mask, PropMask, metadata)`` (what training resumes from and exports)."""
     box2mask, propmask, _, metadata = load_all_weights(path)
@@ -171,6 +193,7 @@ def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path,
     if not 0.0 < blend <= 1.0:
         raise ValueError(f"blend must be in (0, 1], got {blend}")
     box2mask, propmask, _, metadata = load_all_weights(weights_file)
+    refiner = load_refiner(weights_file)
     corrections, _, corrections_metadata = load_weights(training_state)
     if corrections.config != box2mask.config:
         raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
@@ -189,7 +212,30 @@ def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path,
         "command": corrections_metadata.get("command"),
         "blend": blend,
     }
-    save_weights(weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections)
+    save_weights(
+        weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
+    )
+
+
+def attach_refiner(weights_file: pathlib.Path, refiner_state: pathlib.Path) -> None:
+    """Store the slice refiner of a ``python -m ml.train_refiner`` state in ``weights_file`` (float16);
+    everything else in the file stays as it was."""
+    box2mask, propmask, corrections, metadata = load_all_weights(weights_file)
+    state = torch.load(pathlib.Path(refiner_state), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != REFINER_TRAINING_FORMAT:
+        raise ValueError(
+            f"{refiner_state} is not a slice-refiner training state (python -m ml.train_refiner)"
+        )
+    refiner = build_refiner(state)
+    metadata["refiner"] = {
+        "from": str(refiner_state),
+        "step": state.get("step"),
+        "trained_seconds": state.get("trained_seconds"),
+        "command": state.get("command"),
+    }
+    save_weights(
+        weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
+    )
 
 
 def export_weights(
@@ -220,6 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
     )
+    attach_refiner_command = commands.add_parser(
+        "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
+    )
+    attach_refiner_command.add_argument("weights_file", type=pathlib.Path)
+    attach_refiner_command.add_argument("refiner_state", type=pathlib.Path)
     info = commands.add_parser("info", help="print a checkpoint's configs and metadata")
     info.add_argument("path", type=pathlib.Path)
     args = parser.parse_args(argv)
@@ -231,11 +282,16 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--blend must be in (0, 1], got {args.blend}")
         attach_corrections(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
+    elif args.command == "attach-refiner":
+        attach_refiner(args.weights_file, args.refiner_state)
+        print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     else:
         box2mask, propmask, corrections, metadata = load_all_weights(args.path)
         print("box2mask", box2mask.config)
         print("propmask", propmask.config)
         print("corrections box2mask", "yes" if corrections is not None else "none (Box2Mask corrects too)")
+        refiner = load_refiner(args.path) if args.path.is_file() else None
+        print("slice refiner", refiner.config if refiner is not None else "none")
         for key, value in metadata.items():
             print(f"{key}: {value}")
 

@@ -16,7 +16,7 @@ Two presets exist for each network:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 
 def _widths(base_width: int, max_width: int, n_stages: int) -> tuple[int, ...]:
@@ -34,8 +34,31 @@ def _check_unet_sizes(base_width: int, max_width: int, n_stages: int, input_size
         )
 
 
+_PlainConfig = TypeVar("_PlainConfig", bound="_PlainUNetConfig")
+
+
+class _PlainUNetConfig:
+    """What a plain U-Net's config derives from its fields: stage widths and a (de)serialisable dict."""
+
+    base_width: int
+    max_width: int
+    n_stages: int
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return _widths(self.base_width, self.max_width, self.n_stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_PlainConfig], data: dict[str, Any]) -> _PlainConfig:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
 @dataclass(frozen=True)
-class Box2MaskConfig:
+class Box2MaskConfig(_PlainUNetConfig):
     """Box2Mask: a plain 2D U-Net that turns a box and/or clicks (and optionally a prior mask) into a mask.
 
     Input channels (in this order): windowed image in [-1, 1], box rectangle (1 inside), positive-click
@@ -56,18 +79,6 @@ class Box2MaskConfig:
     @property
     def in_channels(self) -> int:
         return 5
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return _widths(self.base_width, self.max_width, self.n_stages)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Box2MaskConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,37 @@ class PropMaskConfig:
         values = {key: value for key, value in data.items() if key in known}
         values.setdefault("present_features", "bottleneck")  # configs saved before the field existed
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RefinerConfig(_PlainUNetConfig):
+    """Slice refiner: a 2D U-Net that re-draws one slice of a finished propagation from its neighbourhood.
+
+    Input channels (in this order): the windowed image of slices ``z - image_context .. z + image_context``
+    in [-1, 1], then the propagated mask (0/1) of slices ``z - mask_context .. z + mask_context`` (zeros
+    past the volume's ends). Output: mask logits for slice ``z``.
+    """
+
+    base_width: int = 16
+    max_width: int = 128
+    n_stages: int = 5
+    input_size: int = 96
+    deep_supervision_heads: int = 2
+    image_context: int = 1
+    mask_context: int = 2
+
+    def __post_init__(self) -> None:
+        _check_unet_sizes(self.base_width, self.max_width, self.n_stages, self.input_size)
+        if not 1 <= self.deep_supervision_heads <= self.n_stages - 1:
+            raise ValueError(f"deep_supervision_heads must be in 1..{self.n_stages - 1}")
+        if self.image_context < 0 or self.mask_context < 1:
+            raise ValueError(
+                f"need image_context >= 0 and mask_context >= 1, got {self.image_context}, {self.mask_context}"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        return (2 * self.image_context + 1) + (2 * self.mask_context + 1)
 
 
 PAPER_BOX2MASK = Box2MaskConfig(

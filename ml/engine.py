@@ -102,7 +102,8 @@ class Engine:
 
         Returns:
             Iterator of ``PropagationStep`` (``z``, bool ``(Y, X)`` ``mask``, ``direction``, counters).
-            The union of all yielded masks is the final 3D result (see ``segment``).
+            Writing each step's mask into slice ``z``, in order, gives the final 3D result (see
+            ``segment``); with a slice refiner, slices it re-drew come again at the end (``"refined"``).
         """
         volume, spacing_mm, prompt, (z_low, z_high), chunk = self._check_request(
             volume, spacing, prompt, z_min, z_max, chunk_mm

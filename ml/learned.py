@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_all_weights
+from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_all_weights, load_refiner
 from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
-from ml.networks import Box2Mask, PropMask
+from ml.networks import Box2Mask, PropMask, SliceRefiner
 from ml.predictor import ScoredSlices, SliceClick, View, Window
 from ml.preprocess import (
     CropBox,
@@ -29,6 +29,7 @@ from ml.preprocess import (
     paste_back,
     square_crop,
 )
+from ml.refiner import refine_mask
 
 CLICK_ONLY_SIDE_MM = 120.0
 """First-pass crop side for a click without box or prior (a second pass re-crops around the result)."""
@@ -80,8 +81,11 @@ class LearnedPredictor:
         present_threshold: float = 0.5,
         overlapping_guides: bool = False,
         corrections_box2mask: Box2Mask | None = None,
+        refiner: SliceRefiner | None = None,
     ) -> None:
-        """``corrections_box2mask``: a Box2Mask fine-tuned on correction samples; when given, it answers every
+        """``refiner``: a slice refiner (``ml/refiner.py``); when given, the loop re-draws every slice of a
+        finished propagation with it (``refine_object``).
+        ``corrections_box2mask``: a Box2Mask fine-tuned on correction samples; when given, it answers every
         prompt that corrects a prior mask, and ``box2mask`` answers first prompts (box, clicks alone).
         ``flip_averaging``: propagate the crop and its mirror image in one batch and average both
         answers (masks and object-present probabilities); about twice the work per slice.
@@ -100,6 +104,7 @@ class LearnedPredictor:
             corrections_box2mask.to(self.device).eval() if corrections_box2mask is not None else None
         )
         self.propmask = propmask.to(self.device).eval()
+        self.refiner = refiner.to(self.device).eval() if refiner is not None else None
         self.metadata = dict(metadata or {})
         self.input_size = propmask.config.input_size
         self.flip_averaging = flip_averaging
@@ -312,6 +317,17 @@ class LearnedPredictor:
         present = torch.cat(present_chunks).numpy().astype(np.float32)
         return ScoredSlices(probabilities=probabilities, present=present)
 
+    # ------------------------------------------------------------------ whole object
+
+    def refine_object(self, volume: np.ndarray, mask: np.ndarray, keep: Sequence[int] = ()) -> np.ndarray:
+        """The slice refiner's bool ``(Z, Y, X)`` re-drawing of a finished propagation ``mask``; slices in
+        ``keep`` stay as they are. Returns ``mask`` unchanged when there is no refiner."""
+        mask = np.asarray(mask, dtype=bool)
+        if self.refiner is None:
+            return mask
+        with self._lock:
+            return refine_mask(self.refiner, volume, mask, keep=keep, device=self.device)
+
 
 SHIPPED_FLIP_AVERAGING = True
 """The shipped predictor propagates each crop and its mirror image (~2x the work per slice, still within
@@ -332,8 +348,11 @@ def load_learned_predictor(
     *,
     flip_averaging: bool = SHIPPED_FLIP_AVERAGING,
     overlapping_guides: bool = SHIPPED_OVERLAPPING_GUIDES,
+    slice_refinement: bool = True,
 ) -> LearnedPredictor:
     """The shipped predictor from ``weights_dir`` (default ``ml/weights/``); CUDA when available, else CPU.
+
+    ``slice_refinement=False`` leaves out the weights file's slice refiner (if it has one).
 
     Raises:
         FileNotFoundError: the weights file is missing.
@@ -354,4 +373,5 @@ def load_learned_predictor(
         flip_averaging=flip_averaging,
         overlapping_guides=overlapping_guides,
         corrections_box2mask=corrections_box2mask,
+        refiner=load_refiner(path) if slice_refinement else None,
     )

@@ -148,6 +148,18 @@ class ScoringPredictor(SlicePredictor, Protocol):
         ...
 
 
+@runtime_checkable
+class ObjectRefiningPredictor(SlicePredictor, Protocol):
+    """A predictor that can re-draw a finished propagation as a whole (the learned one with a slice
+    refiner); ``refiner`` is None when it has nothing to refine with."""
+
+    refiner: object | None
+
+    def refine_object(self, volume: np.ndarray, mask: np.ndarray, keep: Sequence[int] = ()) -> np.ndarray:
+        """bool ``(Z, Y, X)``: ``mask`` (the finished object) re-drawn; slices in ``keep`` unchanged."""
+        ...
+
+
 def window_from_mask(image: np.ndarray, mask: np.ndarray, margin: float = 0.0) -> Window:
     """PropSAM's window: the 0.5-99.5 percentiles of the object's foreground intensities.
 

@@ -22,7 +22,12 @@ Propagation from a prompt on slice ``g``:
 5. PropSAM keeps only the 3D components that touch the prompt. Because slices are streamed before the end,
    this is done as we go: on each slice only the 2D components (8-connected) that overlap the previous
    slice's kept mask dilated by one voxel survive. A chain of such overlaps is exactly 26-connectivity to
-   the prompt, so the union of the streamed slices is the final 3D result (nothing is taken back later).
+   the prompt.
+6. With a predictor that has a slice refiner (the shipped learned one, ``ml/refiner.py``), once both
+   directions are done every slice is re-drawn from its 3D neighbourhood; the slices that change (still
+   26-connected to the prompt slice, which stays as it was) are streamed again, nearest the prompt first,
+   with direction ``"refined"``. Each streamed step is its slice's full content, so writing every step into
+   the volume in order gives the final 3D result.
 
 Refinement (``refine_steps``, RadSAM edit mode): clicked slices are corrected by the predictor, edited
 slices are taken as given, and each corrected slice is re-propagated away from the object's anchor
@@ -41,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from ml.predictor import (
+    ObjectRefiningPredictor,
     ScoringPredictor,
     SliceClick,
     SlicePredictor,
@@ -77,7 +83,7 @@ CROP_REACH_SCALE = 1.5
 """PropSAM's crop: 1.5 x the guide's box (``ml.config.CROP_SCALE`` for the learned predictor)."""
 CROP_REACH_FRACTION = 0.95
 """A chunk is cut short at the first slice reaching the outer 5 % of the guide's crop (see ``_outgrows``)."""
-PROMPT, UP, DOWN = "prompt", "up", "down"
+PROMPT, UP, DOWN, REFINED = "prompt", "up", "down", "refined"
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -93,7 +99,8 @@ class PropagationStep:
     Attributes:
         z: slice index.
         mask: bool ``(Y, X)``, the full content of slice ``z`` for this object/label after this step.
-        direction: ``"prompt"`` (the prompt or a corrected slice), ``"up"`` (z increasing) or ``"down"``.
+        direction: ``"prompt"`` (the prompt or a corrected slice), ``"up"`` (z increasing), ``"down"``, or
+            ``"refined"`` (a slice re-drawn by the slice refiner after both directions finished).
         done: slices yielded so far, this one included.
         done_up, done_down: of those, how many were in each direction.
     """
@@ -109,7 +116,7 @@ class PropagationStep:
 @dataclass
 class _Counter:
     done: int = 0
-    per_direction: dict[str, int] = field(default_factory=lambda: {PROMPT: 0, UP: 0, DOWN: 0})
+    per_direction: dict[str, int] = field(default_factory=lambda: {PROMPT: 0, UP: 0, DOWN: 0, REFINED: 0})
 
     def step(self, z: int, mask: np.ndarray, direction: str) -> PropagationStep:
         self.done += 1
@@ -373,7 +380,8 @@ def propagate_prompt(
 
     Yields:
         The prompt slice first (possibly empty, then nothing follows), then propagated slices, each
-        direction in outward order, directions alternating chunk by chunk; never a slice twice.
+        direction in outward order, directions alternating chunk by chunk, then (with a slice refiner) the
+        slices it changed; later steps of a slice replace earlier ones.
     """
     should_stop = should_stop or _never_stop
     counter = _Counter()
@@ -400,7 +408,38 @@ def propagate_prompt(
             _direction_chunks(predictor, volume, spacing, prompt.z, prompt_mask, window, -1, z_low, chunk),
         ),
     ]
-    yield from _interleave(runs, counter, should_stop)
+    found = np.zeros(volume.shape, dtype=bool)
+    found[prompt.z] = prompt_mask
+    for step in _interleave(runs, counter, should_stop):
+        found[step.z] = step.mask
+        yield step
+    if uses_slice_refiner(predictor) and not should_stop():
+        yield from _refined_steps(predictor, volume, found, prompt.z, counter, should_stop)
+
+
+def uses_slice_refiner(predictor: SlicePredictor) -> TypeGuard[ObjectRefiningPredictor]:
+    """Whether the loop re-draws finished propagations with this predictor's slice refiner."""
+    return isinstance(predictor, ObjectRefiningPredictor) and predictor.refiner is not None
+
+
+def _refined_steps(
+    predictor: ObjectRefiningPredictor,
+    volume: np.ndarray,
+    found: np.ndarray,
+    prompt_z: int,
+    counter: _Counter,
+    should_stop: Callable[[], bool],
+) -> Iterator[PropagationStep]:
+    """The slices the refiner changes, nearest the prompt first (the prompt slice is never changed)."""
+    refined = np.asarray(predictor.refine_object(volume, found, keep=[prompt_z]), dtype=bool)
+    components, _ = ndimage.label(refined, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(components[prompt_z][found[prompt_z]])
+    refined = np.isin(components, touching[touching > 0])
+    changed = [z for z in range(found.shape[0]) if not np.array_equal(refined[z], found[z])]
+    for z in sorted(changed, key=lambda index: (abs(index - prompt_z), index)):
+        if should_stop():
+            return
+        yield counter.step(z, refined[z], REFINED)
 
 
 def _interleave(

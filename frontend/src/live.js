@@ -141,7 +141,9 @@ export class LiveState {
 
   /** @param {any} slice @returns {Action[]} */
   #slice(slice) {
-    if (this.seen.has(slice.z)) return [];
+    // A slice arrives twice only when the slice refiner re-drew it after propagation ("refined"); any
+    // other repeat is a reconnect's duplicate.
+    if (this.seen.has(slice.z) && slice.direction !== 'refined') return [];
     this.seen.add(slice.z);
     const labelValue = slice.label_value ?? this.job?.label_value ?? null;
     const labelId = slice.label ?? this.job?.label ?? null;

@@ -22,6 +22,15 @@ describe('LiveState', () => {
     expect(live.currentRevision).toBe(6);
   });
 
+  it('repaints a slice the refiner re-drew, but not a reconnect duplicate', () => {
+    const live = new LiveState();
+    live.apply({ type: 'job.started', job: job(4) });
+    live.apply({ type: 'slice', job: 4, label_value: 2, z: 8, rle: [4], direction: 'up' });
+    expect(live.apply({ type: 'slice', job: 4, label_value: 2, z: 8, rle: [4], direction: 'up' })).toEqual([]);
+    const refined = live.apply({ type: 'slice', job: 4, label: 7, label_value: 2, z: 8, rle: [3, 2], direction: 'refined' });
+    expect(refined).toEqual([{ type: 'paint', job: 4, z: 8, rle: [3, 2], labelValue: 2, labelId: 7 }]);
+  });
+
   it('ignores stale jobs and resets the live layer for a new one', () => {
     const live = new LiveState();
     live.apply({ type: 'job.started', job: job(2) });

@@ -6,6 +6,8 @@ Conventions: tensors are ``(N, C, H, W)``; stage ``i`` of an encoder with input 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -89,6 +91,28 @@ class Decoder(nn.Module):
         if not all_heads:
             return [self.heads[0](decoded[0])], decoded[0]
         return [head(features) for head, features in zip(self.heads, decoded, strict=False)], decoded[0]
+
+
+class PlainUNet(nn.Module):
+    """Encoder + decoder over an input whose channels stack the image and the prompt (Box2Mask, the slice
+    refiner). ``config`` gives ``in_channels``, ``widths`` and ``deep_supervision_heads``.
+
+    ``(N, config.in_channels, S, S)`` -> list of logits, finest first; ``[0]`` is ``(N, 1, S, S)`` (only
+    ``[0]`` when ``all_heads=False``).
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.in_channels, config.widths)
+        self.decoder = Decoder(config.widths, config.deep_supervision_heads)
+
+    def forward(self, inputs: torch.Tensor, all_heads: bool = True) -> list[torch.Tensor]:
+        if inputs.ndim != 4 or inputs.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects (N, {self.config.in_channels}, S, S), got {tuple(inputs.shape)}"
+            )
+        return self.decoder(self.encoder(inputs), all_heads=all_heads)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from ml.config import Box2MaskConfig
-from ml.networks.blocks import Decoder, Encoder
+from ml.networks.blocks import PlainUNet
 
 
-class Box2Mask(nn.Module):
+class Box2Mask(PlainUNet):
     """A plain 6-stage 2D U-Net (PropSAM's Box2SegNet layout) whose input stacks the prompt as channels.
 
     Input ``(N, 5, S, S)`` with ``S = config.input_size``: windowed image in [-1, 1], box rectangle,
@@ -18,15 +15,7 @@ class Box2Mask(nn.Module):
     (only ``[0]`` when ``all_heads=False``).
     """
 
-    def __init__(self, config: Box2MaskConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = Encoder(config.in_channels, config.widths)
-        self.decoder = Decoder(config.widths, config.deep_supervision_heads)
+    config: Box2MaskConfig
 
-    def forward(self, inputs: torch.Tensor, all_heads: bool = True) -> list[torch.Tensor]:
-        if inputs.ndim != 4 or inputs.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"Box2Mask expects (N, {self.config.in_channels}, S, S), got {tuple(inputs.shape)}"
-            )
-        return self.decoder(self.encoder(inputs), all_heads=all_heads)
+    def __init__(self, config: Box2MaskConfig) -> None:
+        super().__init__(config)
