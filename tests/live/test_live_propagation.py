@@ -120,8 +120,12 @@ async def test_a_box_prompt_streams_slices_outward_then_saves_what_segment_retur
     slices = [event for event in events if event["type"] == "slice"]
     assert all(event["job"] == job["id"] and event["label_value"] == 1 for event in slices)
 
-    # The prompt slice first, then each direction strictly outward, never a slice twice.
+    # The prompt slice first, then each direction strictly outward; the slice refiner's re-drawn slices (the
+    # learned engine's) come only after both directions ended.
     assert (slices[0]["z"], slices[0]["direction"]) == (BOX["z"], "prompt")
+    directions = [event["direction"] for event in slices]
+    if "refined" in directions:
+        assert set(directions[directions.index("refined") :]) == {"refined"}
     ups = [event["z"] for event in slices if event["direction"] == "up"]
     downs = [event["z"] for event in slices if event["direction"] == "down"]
     assert ups == list(range(BOX["z"] + 1, BOX["z"] + 1 + len(ups))) and len(ups) >= 4

@@ -229,8 +229,8 @@ def test_refiner_training_stores_resumable_states_and_scores_on_validation_sampl
 @pytest.mark.shared_data
 def test_the_shipped_refiner_raises_hippocampus_dice_on_validation_cases() -> None:
     """The slice refiner must earn its place: on 8 validation cases (16 objects, box prompt on the largest
-    slice) the shipped engine with it scores above the same engine without it. Fails on a weights file
-    without a refiner (both engines then give the same result) and on a refiner that lowers Dice."""
+    slice) the shipped engine scores 0.793 with it and 0.734 without it. Fails on a weights file without a
+    refiner (both engines then give the same result) and on a refiner that gains less than 0.03."""
     dataset = SHARED_DATA / "Dataset001_Hippocampus"
     if not dataset.is_dir():
         pytest.skip("../shared/data is not available")
@@ -250,4 +250,4 @@ def test_the_shipped_refiner_raises_hippocampus_dice_on_validation_cases() -> No
                 scores[name].append(dice_3d(engine.segment(loaded.image, loaded.spacing, prompt), obj.mask))
     assert len(scores["with"]) == 16
     gain = np.mean(scores["with"]) - np.mean(scores["without"])
-    assert gain >= 0.01, f"refiner changes mean Dice by {gain:+.3f} ({np.mean(scores['without']):.3f} before)"
+    assert gain >= 0.03, f"refiner changes mean Dice by {gain:+.3f} ({np.mean(scores['without']):.3f} before)"
