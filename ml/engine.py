@@ -338,6 +338,7 @@ def load_engine(
     weights_dir: pathlib.Path | str | None = None,
     device: str | None = None,
     chunk_mm: float = DEFAULT_CHUNK_MM,
+    slice_refinement: bool = True,
 ) -> Engine:
     """Build an engine.
 
@@ -347,6 +348,7 @@ def load_engine(
         weights_dir: folder holding the learned weights (learned only).
         device: torch device for the learned engine (default: CUDA when available, else CPU).
         chunk_mm: default propagation chunk in mm.
+        slice_refinement: False leaves out the weights' slice refiner (learned only; for comparisons).
 
     Raises:
         ValueError: unknown ``kind``.
@@ -361,7 +363,9 @@ def load_engine(
 
         directory = pathlib.Path(weights_dir) if weights_dir is not None else None
         try:
-            predictor = load_learned_predictor(weights_dir=directory, device=device)
+            predictor = load_learned_predictor(
+                weights_dir=directory, device=device, slice_refinement=slice_refinement
+            )
         except FileNotFoundError as error:
             raise FileNotFoundError(
                 f"the learned engine cannot start: {error}. Use load_engine('classical') for the weight-free engine."

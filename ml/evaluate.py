@@ -212,6 +212,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--weights", type=pathlib.Path, default=None, help="learned weights folder (default ml/weights)"
     )
     parser.add_argument("--device", default=None, help="torch device for the learned engine")
+    parser.add_argument(
+        "--no-slice-refiner",
+        action="store_true",
+        help="learned engine without the weights' slice refiner (to measure what it adds)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-object lines")
     args = parser.parse_args(argv)
     if args.corrections < 0:
@@ -228,7 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = label_names(dataset_dir)
         cases, note = select_cases(dataset_dir, args.split, args.cases)
         engine = (
-            load_engine("learned", weights_dir=args.weights, device=args.device)
+            load_engine(
+                "learned",
+                weights_dir=args.weights,
+                device=args.device,
+                slice_refinement=not args.no_slice_refiner,
+            )
             if args.engine == "learned"
             else load_engine("classical")
         )

@@ -55,7 +55,7 @@ def slices_to_refine(mask: np.ndarray, config: RefinerConfig) -> np.ndarray:
     return np.flatnonzero(reach > 0)
 
 
-def _neighbour_indices(z: int, context: int, depth: int) -> list[int]:
+def _neighbour_indices(z: int, context: int) -> list[int]:
     return [z + offset for offset in range(-context, context + 1)]
 
 
@@ -86,12 +86,10 @@ def refiner_input(
     union = mask[low : high + 1].any(axis=0)
     crop = square_crop(box_of_mask(union), crop_scale, shift=shift)
     size = config.input_size
-    image_slices = [
-        min(max(index, 0), depth - 1) for index in _neighbour_indices(z, config.image_context, depth)
-    ]
+    image_slices = [min(max(index, 0), depth - 1) for index in _neighbour_indices(z, config.image_context)]
     images = images_to_network(np.asarray(volume[image_slices], dtype=np.float32), crop, window, size)
     mask_slices = np.zeros((2 * config.mask_context + 1, *mask.shape[1:]), dtype=bool)
-    for row, index in enumerate(_neighbour_indices(z, config.mask_context, depth)):
+    for row, index in enumerate(_neighbour_indices(z, config.mask_context)):
         if 0 <= index < depth:
             mask_slices[row] = mask[index]
     masks = masks_to_network(mask_slices, crop, size)

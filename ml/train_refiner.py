@@ -275,6 +275,7 @@ def validation_scores(refiner: SliceRefiner, items: Sequence[Propagation]) -> di
 
 
 def _score(scores: dict[str, dict[str, float]]) -> float:
+    """What ``best.pt`` maximises: the mean over sources of the Dice gain from refinement."""
     return float(np.mean([entry["after"] - entry["before"] for entry in scores.values()])) if scores else 0.0
 
 
@@ -330,14 +331,17 @@ def train(
     budget = minutes * 60.0
     total_seconds = trained_seconds + budget
 
+    started = time.monotonic()
+
     def save(path: pathlib.Path) -> None:
+        """Atomic write; ``trained_seconds`` counts earlier sittings plus this one so far."""
         payload = {
             "format": REFINER_TRAINING_FORMAT,
             "config": refiner.config.to_dict(),
             "state": refiner.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": step,
-            "trained_seconds": trained_seconds,
+            "trained_seconds": trained_seconds + time.monotonic() - started,
             "best": best,
             "history": history,
             "command": " ".join(sys.argv),
@@ -347,7 +351,6 @@ def train(
         temporary.replace(path)
 
     refiner.train()
-    started = time.monotonic()
     last_save = last_val = started
     losses: list[float] = []
     while time.monotonic() - started < budget:
@@ -386,17 +389,10 @@ def train(
             last_val = time.monotonic()
             if _score(scores) > best:
                 best = _score(scores)
-                trained_seconds_now = trained_seconds
-                trained_seconds += time.monotonic() - started
                 save(run_dir / "best.pt")
-                trained_seconds = trained_seconds_now
         if now - last_save >= CHECKPOINT_SECONDS:
-            elapsed = time.monotonic() - started
-            trained_seconds += elapsed
             save(state_path)
-            trained_seconds -= elapsed
             last_save = now
-    trained_seconds += time.monotonic() - started
     save(state_path)
 
 

@@ -251,3 +251,13 @@ def test_the_shipped_refiner_raises_hippocampus_dice_on_validation_cases() -> No
     assert len(scores["with"]) == 16
     gain = np.mean(scores["with"]) - np.mean(scores["without"])
     assert gain >= 0.03, f"refiner changes mean Dice by {gain:+.3f} ({np.mean(scores['without']):.3f} before)"
+
+
+def test_the_shipped_engine_has_a_refiner_and_comparisons_can_leave_it_out() -> None:
+    from ml.engine import load_engine
+    from ml.evaluate import parse_args
+
+    assert load_engine(device="cpu").predictor.refiner is not None
+    assert load_engine(device="cpu", slice_refinement=False).predictor.refiner is None
+    assert load_engine("classical", slice_refinement=False).name == "classical"
+    assert parse_args(["somewhere", "--no-slice-refiner"]).no_slice_refiner is True
