@@ -237,3 +237,105 @@ def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
         image = image * (1.0 + 0.3 * _smooth_noise(rng, shape, 24))
     image = image * float(10 ** rng.uniform(-1, 3)) + float(rng.uniform(-500, 500))
     return Case(name, "synthetic", image.astype(np.float32), labels, (z_spacing, in_plane, in_plane))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pseudo-labelled real images: objects that the image itself defines (after SSL-ALPNet's supervoxels).
+
+PSEUDO_MAX_VOLUME_FRACTION = 0.2
+"""A region larger than this share of its volume is background-like (white matter, soft tissue): dropped."""
+PSEUDO_MIN_SLICES = 3
+
+
+def pseudo_labelled_case(case: Case, rng: np.random.Generator, max_objects: int = 40) -> Case:
+    """The case's image with labels made from the image alone: its homogeneous 3D regions.
+
+    The image is clipped to its 0.5-99.5 percentiles and smoothed (about 1 mm in-plane, less across thick
+    slices), cut into 3-6 intensity classes (``intensity_class_edges``), each class opened once (so that
+    regions do not join through one-voxel bridges) and split into 6-connected regions. Regions of at least
+    ``MIN_OBJECT_VOXELS`` voxels over at least ``PSEUDO_MIN_SLICES`` slices and at most
+    ``PSEUDO_MAX_VOLUME_FRACTION`` of the volume become objects (up to ``max_objects``, chosen at random).
+
+    Every such object is bounded by an intensity change on every side, so training on them teaches what
+    transfers to organs and modalities never seen: the guide's appearance, not its shape, defines the
+    object. The given labels are never read.
+
+    Returns a ``Case`` (dataset ``"pseudo"``) with labels 1..n, image and spacing unchanged.
+    """
+    image = case.image
+    low, high = np.percentile(image, [0.5, 99.5])
+    clipped = np.clip(image, low, high).astype(np.float32)
+    finest = min(case.spacing)
+    sigma = tuple(
+        max(0.0, 0.7 * finest / spacing) if spacing > 1.5 * finest else 0.7 for spacing in case.spacing
+    )
+    smooth = ndimage.gaussian_filter(clipped, sigma)
+    classes_count = int(rng.integers(3, 7))
+    edges = intensity_class_edges(smooth, classes_count, rng)
+    classes = np.digitize(smooth, edges)
+    six = ndimage.generate_binary_structure(3, 1)
+    limit = PSEUDO_MAX_VOLUME_FRACTION * image.size
+    regions: list[tuple[int, tuple[slice, ...], np.ndarray]] = []
+    for level in range(classes_count):
+        members = ndimage.binary_opening(classes == level, structure=six)
+        components, _ = ndimage.label(members, structure=six)
+        for index, slices in enumerate(ndimage.find_objects(components), start=1):
+            if slices is None or slices[0].stop - slices[0].start < PSEUDO_MIN_SLICES:
+                continue
+            component = components[slices] == index
+            pieces = [component]
+            if component.sum() > limit:  # e.g. heart chambers joined through valves: cut at the necks
+                pieces = split_at_necks(component, int(rng.integers(2, 5)))
+            for piece in pieces:
+                voxels = int(piece.sum())
+                if (
+                    MIN_OBJECT_VOXELS <= voxels <= limit
+                    and np.count_nonzero(piece.any(axis=(1, 2))) >= PSEUDO_MIN_SLICES
+                ):
+                    regions.append((voxels, slices, piece))
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    # Larger regions are preferred (an organ rather than a speck of noise), without excluding small ones.
+    chosen: np.ndarray = np.array([], dtype=np.int64)
+    if regions:
+        preference = np.sqrt([voxels for voxels, _, _ in regions])
+        count = min(max_objects, 255, len(regions))
+        chosen = rng.choice(len(regions), size=count, replace=False, p=preference / preference.sum())
+    for value, region_index in enumerate(chosen, start=1):
+        _, slices, component = regions[region_index]
+        labels[slices][component] = value
+    return Case(f"{case.name}_pseudo", "pseudo", case.image, labels, case.spacing)
+
+
+def intensity_class_edges(image: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """``classes - 1`` increasing cut points between intensity clusters (1D k-means from jittered quantiles).
+
+    Cutting half-way between cluster centres puts the cuts in the valleys of the histogram, so a structure
+    that stands out from its surroundings stays in one class with none of the surroundings' noise.
+    """
+    sample = rng.choice(image.ravel(), size=min(image.size, 20000), replace=False)
+    start = np.linspace(0.5, classes - 0.5, classes) / classes + rng.uniform(-0.3, 0.3, classes) / classes
+    centres = np.quantile(sample, np.clip(np.sort(start), 0.0, 1.0))
+    for _ in range(15):
+        nearest = np.argmin(np.abs(sample[:, None] - centres[None, :]), axis=1)
+        centres = np.array(
+            [sample[nearest == k].mean() if np.any(nearest == k) else centres[k] for k in range(classes)]
+        )
+        centres.sort()
+    return (centres[1:] + centres[:-1]) / 2
+
+
+def split_at_necks(component: np.ndarray, depth: int) -> list[np.ndarray]:
+    """A region cut where it is narrow: erode ``depth`` voxels, give every voxel to its nearest remaining core.
+
+    ``component`` is a boolean ``(Z, Y, X)`` array; returns one boolean array of the same shape per core (the
+    region itself when erosion leaves fewer than two cores).
+    """
+    six = ndimage.generate_binary_structure(3, 1)
+    cores, count = ndimage.label(
+        ndimage.binary_erosion(component, structure=six, iterations=depth), structure=six
+    )
+    if count < 2:
+        return [component]
+    _, nearest = ndimage.distance_transform_edt(cores == 0, return_indices=True)
+    owner = cores[tuple(nearest)]
+    return [component & (owner == core) for core in range(1, count + 1)]

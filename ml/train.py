@@ -50,6 +50,7 @@ from ml.data import (
     ObjectVolume,
     list_cases,
     object_volume,
+    pseudo_labelled_case,
     read_case,
     synthetic_case,
 )
@@ -741,8 +742,20 @@ def validate(predictor: LearnedPredictor, volumes: list[tuple[str, ObjectVolume]
 
 
 def build_pools(
-    data_dir: pathlib.Path, datasets: list[str], synthetic: int, seed: int, log: Any
+    data_dir: pathlib.Path,
+    datasets: list[str],
+    synthetic: int,
+    seed: int,
+    log: Any,
+    pseudo_sources: list[str] | None = None,
+    pseudo_volumes: int = 0,
 ) -> dict[str, list[ObjectVolume]]:
+    """Object pools by name: each real data set's training cases, ``"synthetic"`` and ``"pseudo"``.
+
+    ``pseudo_volumes`` pseudo-labelled volumes (``ml.data.pseudo_labelled_case``) are drawn evenly from the
+    images of ``pseudo_sources``: a data set's training cases where ``ml/splits.json`` lists some, else all
+    of its cases (then its images are no longer unseen by the networks, though its labels are never read).
+    """
     splits = json.loads(SPLITS_FILE.read_text())["datasets"]
     pools: dict[str, list[ObjectVolume]] = {}
     for name in datasets:
@@ -760,6 +773,28 @@ def build_pools(
         rng = np.random.default_rng(seed + 1)
         pools["synthetic"] = [object_volume(synthetic_case(rng, f"synthetic_{i}")) for i in range(synthetic)]
         log(f"generated {synthetic} synthetic volumes")
+    if pseudo_volumes and pseudo_sources:
+        rng = np.random.default_rng(seed + 2)
+        started = time.time()
+        pool: list[ObjectVolume] = []
+        for position, name in enumerate(pseudo_sources):
+            directory = data_dir / name
+            if not directory.is_dir():
+                raise FileNotFoundError(f"pseudo-label source {directory} not found")
+            case_ids = splits.get(name, {}).get("train") or list_cases(directory)
+            if not splits.get(name, {}).get("train"):
+                log(f"pseudo-label source {name}: no training split, using all {len(case_ids)} images")
+            # Volumes are shared out evenly; a small source is cut up more than once (new classes each time).
+            count = pseudo_volumes // len(pseudo_sources) + (position < pseudo_volumes % len(pseudo_sources))
+            order = rng.permutation(len(case_ids))
+            for draw in range(count):
+                case = read_case(directory, case_ids[order[draw % len(case_ids)]])
+                pool.append(object_volume(pseudo_labelled_case(case, rng)))
+        pools["pseudo"] = pool
+        log(
+            f"pseudo-labelled {len(pool)} volumes of {', '.join(pseudo_sources)}: "
+            f"{sum(len(v.objects) for v in pool)} objects in {time.time() - started:.0f}s"
+        )
     return pools
 
 
@@ -804,15 +839,24 @@ def upgrade_present_head(
     return upgraded, {**optimizers_state, "propmask": optimizer_state}
 
 
-def task_weights(datasets: list[str], overrides: list[str], synthetic_weight: float) -> dict[str, float]:
-    """Share of tasks per pool: ``1 - synthetic_weight`` split over ``datasets`` by their relative weights.
+def task_weights(
+    datasets: list[str], overrides: list[str], synthetic_weight: float, pseudo_weight: float = 0.0
+) -> dict[str, float]:
+    """Share of tasks per pool: ``synthetic_weight`` generated, ``pseudo_weight`` pseudo-labelled, the rest
+    split over ``datasets`` by their relative weights.
 
     Args:
         overrides: ``["NAME=W", ...]``; data sets not named keep relative weight 1.
 
     Raises:
-        ValueError: a malformed entry, an unknown data set or a weight that is not positive.
+        ValueError: a malformed entry, an unknown data set, a weight that is not positive, or generated and
+            pseudo-labelled shares that leave nothing (or less than nothing) to the data sets.
     """
+    if synthetic_weight < 0 or pseudo_weight < 0 or synthetic_weight + pseudo_weight >= 1.0:
+        raise ValueError(
+            f"--synthetic-weight {synthetic_weight} and --pseudo-weight {pseudo_weight} must be >= 0 "
+            "and leave a share for the data sets (sum < 1)"
+        )
     relative = dict.fromkeys(datasets, 1.0)
     for entry in overrides:
         name, separator, value = entry.partition("=")
@@ -826,8 +870,11 @@ def task_weights(datasets: list[str], overrides: list[str], synthetic_weight: fl
             raise ValueError(f"--dataset-weight {entry!r}: the weight must be positive")
         relative[name] = weight
     total = sum(relative.values())
-    weights = {name: (1.0 - synthetic_weight) * weight / total for name, weight in relative.items()}
+    real_share = 1.0 - synthetic_weight - pseudo_weight
+    weights = {name: real_share * weight / total for name, weight in relative.items()}
     weights["synthetic"] = synthetic_weight
+    if pseudo_weight:
+        weights["pseudo"] = pseudo_weight
     return weights
 
 
@@ -849,6 +896,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--synthetic-weight", type=float, default=0.3, help="share of tasks drawn from generated volumes"
+    )
+    parser.add_argument(
+        "--pseudo-sources",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="data sets whose images (never their labels) are cut into pseudo-labelled objects",
+    )
+    parser.add_argument(
+        "--pseudo-volumes", type=int, default=60, help="number of pseudo-labelled volumes in the pool"
+    )
+    parser.add_argument(
+        "--pseudo-weight",
+        type=float,
+        default=0.25,
+        help="share of tasks drawn from pseudo-labelled volumes (only with --pseudo-sources)",
     )
     parser.add_argument(
         "--dataset-weight",
@@ -929,7 +992,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0.0 <= args.box2mask_corrections <= 1.0:
         parser.error(f"--box2mask-corrections must be in [0, 1], got {args.box2mask_corrections}")
     try:
-        args.task_weights = task_weights(args.datasets, args.dataset_weight, args.synthetic_weight)
+        if not args.pseudo_sources:
+            args.pseudo_weight = 0.0
+        args.task_weights = task_weights(
+            args.datasets, args.dataset_weight, args.synthetic_weight, args.pseudo_weight
+        )
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -998,7 +1065,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if name in optimizers_state:
                 optimizer.load_state_dict(optimizers_state[name])
 
-    pools = build_pools(args.data_dir, args.datasets, args.synthetic, args.seed, log)
+    pools = build_pools(
+        args.data_dir,
+        args.datasets,
+        args.synthetic,
+        args.seed,
+        log,
+        pseudo_sources=args.pseudo_sources,
+        pseudo_volumes=args.pseudo_volumes,
+    )
     sampler = TaskSampler(
         pools,
         args.task_weights,
@@ -1018,6 +1093,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "validation": history,
             "datasets": args.datasets,
             "synthetic_volumes": args.synthetic,
+            "pseudo_sources": args.pseudo_sources,
+            "pseudo_volumes": args.pseudo_volumes if args.pseudo_sources else 0,
+            "task_weights": args.task_weights,
             "preset": args.preset,
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
