@@ -22,7 +22,9 @@ Propagation from a prompt on slice ``g``:
 5. PropSAM keeps only the 3D components that touch the prompt. Because slices are streamed before the end,
    this is done as we go: on each slice only the 2D components (8-connected) that overlap the previous
    slice's kept mask dilated by one voxel survive. A chain of such overlaps is exactly 26-connectivity to
-   the prompt.
+   the prompt. A slice whose area grows by more than ``MAX_GROWTH`` (10 %) over the previous kept slice
+   keeps only its part within ``growth_band_px`` of it (0.8 mm per mm of slice gap, at least a pixel): a
+   leak into touching look-alike tissue then creeps instead of filling the crop in one chunk.
 6. With a predictor that has a slice refiner (the shipped learned one, ``ml/refiner.py``), once both
    directions are done every slice is re-drawn from its 3D neighbourhood; the slices that change (still
    26-connected to the prompt slice, which stays as it was) are streamed again, nearest the prompt first,
@@ -79,6 +81,12 @@ AGREEMENT_DICE = 0.9
 NEIGHBOUR_PRIOR_REACH = 3
 """A positive click on a slice where the object is missing borrows, as the prior to correct, the object's
 mask on the nearest non-empty slice at most this many slices away (see ``corrected_slices``)."""
+MAX_GROWTH: float | None = 0.1
+"""A kept slice whose area grows by more than this share over the previous kept slice may only grow within
+``growth_band_px`` of it (the classical engine's rule): leaks into touching tissue grow fast, objects
+change smoothly. None switches the guard off."""
+GROWTH_BAND_PER_GAP = 0.8
+"""Width (mm) of that band per mm of slice gap, at least one pixel (thick slices move more)."""
 CROP_REACH_SCALE = 1.5
 """PropSAM's crop: 1.5 x the guide's box (``ml.config.CROP_SCALE`` for the learned predictor)."""
 CROP_REACH_FRACTION = 0.95
@@ -155,6 +163,19 @@ def keep_connected(candidate: np.ndarray, previous: np.ndarray) -> np.ndarray:
     return np.isin(components, touching)
 
 
+def growth_band_px(spacing: tuple[float, float, float]) -> int:
+    """Pixels a fast-growing slice may reach past the previous kept slice (see ``MAX_GROWTH``)."""
+    return max(1, int(np.ceil(GROWTH_BAND_PER_GAP * spacing[0] / min(spacing[1], spacing[2]) - 1e-6)))
+
+
+def guard_growth(mask: np.ndarray, previous: np.ndarray, band_px: int) -> np.ndarray:
+    """``mask`` (bool ``(Y, X)``), cut to ``previous`` dilated by ``band_px`` when it grew by more than
+    ``MAX_GROWTH`` over ``previous``."""
+    if MAX_GROWTH is None or mask.sum() <= (1.0 + MAX_GROWTH) * previous.sum():
+        return mask
+    return mask & ndimage.binary_dilation(previous, structure=_EIGHT_CONNECTED, iterations=band_px)
+
+
 def dice(first: np.ndarray, second: np.ndarray) -> float:
     """Dice overlap of two bool masks of equal shape (1.0 when both are empty)."""
     total = int(first.sum()) + int(second.sum())
@@ -212,7 +233,7 @@ def _direction_chunks(
             (z, np.asarray(probability) >= 0.5)
             for z, probability in zip(targets_z, probabilities, strict=True)
         )
-        kept, ended = _keep_outward(candidates, guide_mask)
+        kept, ended = _keep_outward(candidates, guide_mask, growth_band_px(spacing))
         yield kept
         if ended:
             return
@@ -220,19 +241,20 @@ def _direction_chunks(
 
 
 def _keep_outward(
-    candidates: Iterable[tuple[int, np.ndarray]], guide_mask: np.ndarray
+    candidates: Iterable[tuple[int, np.ndarray]], guide_mask: np.ndarray, band_px: int
 ) -> tuple[list[tuple[int, np.ndarray]], bool]:
     """The slices of one guide's chunk that the loop keeps, and whether the object ended in it.
 
     Walks ``(z, candidate bool (Y, X))`` outward, keeping each slice's part connected to the previous kept
-    slice (``keep_connected``); ends at the first empty one (the object ended) or after a slice that
-    outgrows the guide's crop (later candidates were cut by that crop: re-guide from there).
+    slice (``keep_connected``) and, when it grows fast, within ``band_px`` of it (``guard_growth``); ends
+    at the first empty one (the object ended) or after a slice that outgrows the guide's crop (later
+    candidates were cut by that crop: re-guide from there).
     """
     kept: list[tuple[int, np.ndarray]] = []
     previous = guide_mask
     reach = _crop_reach(guide_mask)
     for z, candidate in candidates:
-        mask = keep_connected(candidate, previous)
+        mask = guard_growth(keep_connected(candidate, previous), previous, band_px)
         if not mask.any():
             return kept, True
         kept.append((z, mask))
@@ -318,7 +340,7 @@ def _overlapping_direction_chunks(
             (z, (answers[z][0] >= 0.5) & (answers[z][1] >= predictor.present_threshold))
             for z in targets_z[:keep]
         )
-        kept, ended = _keep_outward(candidates, guide_mask)
+        kept, ended = _keep_outward(candidates, guide_mask, growth_band_px(spacing))
         yield kept
         if ended:
             return

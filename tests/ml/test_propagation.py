@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ml.engine import BoxPrompt, Click, Engine, MaskPrompt, PointPrompt, PropagationCancelled
 from ml.predictor import SliceClick, Window
-from ml.propagation import chunk_slices, keep_connected
+from ml.propagation import chunk_slices, growth_band_px, guard_growth, keep_connected
 from tests.ml.tagged import square_truth, tagged_volume
 
 
@@ -330,3 +331,44 @@ def test_an_object_growing_past_the_crop_is_followed_by_re_guiding_early(monkeyp
     monkeypatch.setattr(ml.propagation, "CROP_REACH_FRACTION", 100.0)  # never re-guide early
     truncated = Engine(CroppingOracle(truth)).segment(volume, (1.0, 1.0, 1.0), MaskPrompt(3, truth[3]))
     assert truncated.sum() < 0.9 * truth.sum()
+
+
+class LeakingPredictor(OraclePredictor):
+    """Answers each target with its guide's mask grown by 3 pixels per slice of distance: a leak into
+    look-alike tissue."""
+
+    def propagate(self, guide_image, guide_mask, targets, window, spacing_yx, *, guide_distances=None):
+        guide_z = int(guide_image[0, 0])
+        return np.stack(
+            [
+                ndimage.binary_dilation(guide_mask, iterations=3 * abs(int(target[0, 0]) - guide_z))
+                for target in targets
+            ]
+        ).astype(np.float32)
+
+
+def test_a_leak_that_grows_fast_is_held_to_a_narrow_band_per_slice(monkeypatch) -> None:
+    truth = np.zeros((12, 64, 64), dtype=bool)
+    truth[:, 28:36, 28:36] = True
+    volume = tagged_volume(12, 64)
+    guarded = Engine(LeakingPredictor(truth)).segment(volume, (1.0, 1.0, 1.0), MaskPrompt(0, truth[0]))
+    # One pixel per 1 mm slice at most (8-connected), instead of three per slice.
+    for z in range(1, 12):
+        allowed = ndimage.binary_dilation(guarded[z - 1], structure=np.ones((3, 3), dtype=bool))
+        assert not (guarded[z] & ~allowed).any()
+    assert guarded[11].sum() <= (8 + 2 * 11) ** 2
+
+    import ml.propagation
+
+    monkeypatch.setattr(ml.propagation, "MAX_GROWTH", None)
+    unguarded = Engine(LeakingPredictor(truth)).segment(volume, (1.0, 1.0, 1.0), MaskPrompt(0, truth[0]))
+    assert unguarded[11].sum() > 2 * guarded[11].sum()
+
+
+def test_the_growth_band_widens_with_the_slice_gap() -> None:
+    assert growth_band_px((1.0, 1.0, 1.0)) == 1
+    assert growth_band_px((3.0, 3.0, 3.0)) == 1
+    assert growth_band_px((5.0, 0.6, 0.6)) == 7
+    slow = np.zeros((20, 20), dtype=bool)
+    slow[5:15, 5:15] = True
+    assert np.array_equal(guard_growth(slow, slow, 1), slow)  # no growth: untouched
