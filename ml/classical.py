@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from ml.predictor import SliceClick, Window, window_from_mask
+from ml.propagation import GROWTH_BAND_PER_GAP, MAX_GROWTH
 
 HISTOGRAM_BINS = 32
 SMOOTHING_PX = 0.8
@@ -233,9 +234,9 @@ class ClassicalPredictor:
         self,
         *,
         band_pixels: float = 1.0,
-        band_per_gap: float = 0.8,
+        band_per_gap: float = GROWTH_BAND_PER_GAP,
         prior_inside: float = SPATIAL_PRIOR_INSIDE,
-        max_growth: float | None = 0.1,
+        max_growth: float | None = MAX_GROWTH,
         min_evidence: float | None = 0.5,
     ) -> None:
         """Propagation knobs (defaults tuned on training cases only).

@@ -250,7 +250,7 @@ PSEUDO_MIN_SLICES = 3
 def pseudo_labelled_case(case: Case, rng: np.random.Generator, max_objects: int = 40) -> Case:
     """The case's image with labels made from the image alone: its homogeneous 3D regions.
 
-    The image is clipped to its 0.5-99.5 percentiles and smoothed (about 1 mm in-plane, less across thick
+    The image is clipped to its 0.5-99.5 percentiles and smoothed (0.7 voxel in-plane, less across thick
     slices), cut into 3-6 intensity classes (``intensity_class_edges``), each class opened once (so that
     regions do not join through one-voxel bridges) and split into 6-connected regions. Regions of at least
     ``MIN_OBJECT_VOXELS`` voxels over at least ``PSEUDO_MIN_SLICES`` slices and at most
@@ -266,9 +266,7 @@ def pseudo_labelled_case(case: Case, rng: np.random.Generator, max_objects: int 
     low, high = np.percentile(image, [0.5, 99.5])
     clipped = np.clip(image, low, high).astype(np.float32)
     finest = min(case.spacing)
-    sigma = tuple(
-        max(0.0, 0.7 * finest / spacing) if spacing > 1.5 * finest else 0.7 for spacing in case.spacing
-    )
+    sigma = tuple(0.7 * finest / spacing if spacing > 1.5 * finest else 0.7 for spacing in case.spacing)
     smooth = ndimage.gaussian_filter(clipped, sigma)
     classes_count = int(rng.integers(3, 7))
     edges = intensity_class_edges(smooth, classes_count, rng)

@@ -83,8 +83,9 @@ NEIGHBOUR_PRIOR_REACH = 3
 mask on the nearest non-empty slice at most this many slices away (see ``corrected_slices``)."""
 MAX_GROWTH: float | None = 0.1
 """A kept slice whose area grows by more than this share over the previous kept slice may only grow within
-``growth_band_px`` of it (the classical engine's rule): leaks into touching tissue grow fast, objects
-change smoothly. None switches the guard off."""
+``growth_band_px`` of it: leaks into touching tissue grow fast, objects change smoothly. The classical
+predictor applies the same limits inside its own chunks (it re-classifies in a one-pixel band instead of
+cutting). None switches the loop's guard off."""
 GROWTH_BAND_PER_GAP = 0.8
 """Width (mm) of that band per mm of slice gap, at least one pixel (thick slices move more)."""
 CROP_REACH_SCALE = 1.5

@@ -781,8 +781,9 @@ def build_pools(
             directory = data_dir / name
             if not directory.is_dir():
                 raise FileNotFoundError(f"pseudo-label source {directory} not found")
-            case_ids = splits.get(name, {}).get("train") or list_cases(directory)
-            if not splits.get(name, {}).get("train"):
+            case_ids = splits.get(name, {}).get("train")
+            if not case_ids:
+                case_ids = list_cases(directory)
                 log(f"pseudo-label source {name}: no training split, using all {len(case_ids)} images")
             # Volumes are shared out evenly; a small source is cut up more than once (new classes each time).
             count = pseudo_volumes // len(pseudo_sources) + (position < pseudo_volumes % len(pseudo_sources))
