@@ -15,8 +15,9 @@ Two kinds of file:
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
 state into shipped weights (float16); ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE
 [--blend B]`` stores the Box2Mask of a training state (blended with the file's own) as the file's corrections
-network; ``python -m ml.checkpoint attach-refiner WEIGHTS_FILE REFINER_STATE`` stores a trained slice refiner
-in it; ``python -m ml.checkpoint info FILE`` prints what a file holds.
+network; ``python -m ml.checkpoint replace-box2mask WEIGHTS_FILE STATE [--blend B]`` does the same for the
+first-prompt Box2Mask; ``python -m ml.checkpoint attach-refiner WEIGHTS_FILE REFINER_STATE`` stores a
+trained slice refiner in it; ``python -m ml.checkpoint info FILE`` prints what a file holds.
 """
 
 from __future__ import annotations
@@ -182,38 +183,66 @@ def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]
     return box2mask, propmask, metadata
 
 
+def _blended(base: Box2Mask, tuned: Box2Mask, blend: float) -> Box2Mask:
+    """``tuned`` with its weights set to ``(1 - blend) * base + blend * tuned`` (weight-space interpolation,
+    as in WiSE-FT: it keeps more of the base network's behaviour on data the fine-tune never saw)."""
+    if not 0.0 < blend <= 1.0:
+        raise ValueError(f"blend must be in (0, 1], got {blend}")
+    if tuned.config != base.config:
+        raise ValueError("the fine-tuned Box2Mask must have the same configuration as Box2Mask")
+    if blend < 1.0:
+        base_state, tuned_state = base.state_dict(), tuned.state_dict()
+        tuned.load_state_dict(
+            {
+                key: (1.0 - blend) * base_state[key] + blend * value if value.is_floating_point() else value
+                for key, value in tuned_state.items()
+            }
+        )
+    return tuned
+
+
+def _fine_tune_record(training_state: pathlib.Path, metadata: dict[str, Any], blend: float) -> dict[str, Any]:
+    return {
+        "from": str(training_state),
+        "step": metadata.get("step"),
+        "trained_seconds": metadata.get("trained_seconds"),
+        "command": metadata.get("command"),
+        "blend": blend,
+    }
+
+
 def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
     """Store the Box2Mask of ``training_state`` in ``weights_file`` as its corrections network (float16);
     everything else in the file stays as it was.
 
-    ``blend`` < 1 stores ``(1 - blend) * file's Box2Mask + blend * fine-tuned Box2Mask`` instead (weight-space
-    interpolation, as in WiSE-FT): it keeps more of the jointly trained network's behaviour on data the
-    fine-tune never saw.
+    ``blend`` < 1 stores ``(1 - blend) * file's Box2Mask + blend * fine-tuned Box2Mask`` instead (see
+    ``_blended``).
     """
     if not 0.0 < blend <= 1.0:
         raise ValueError(f"blend must be in (0, 1], got {blend}")
     box2mask, propmask, _, metadata = load_all_weights(weights_file)
     refiner = load_refiner(weights_file)
-    corrections, _, corrections_metadata = load_weights(training_state)
-    if corrections.config != box2mask.config:
+    tuned, _, tuned_metadata = load_weights(training_state)
+    if tuned.config != box2mask.config:
         raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
-    if blend < 1.0:
-        base, tuned = box2mask.state_dict(), corrections.state_dict()
-        corrections.load_state_dict(
-            {
-                key: (1.0 - blend) * base[key] + blend * value if value.is_floating_point() else value
-                for key, value in tuned.items()
-            }
-        )
-    metadata["corrections_box2mask"] = {
-        "from": str(training_state),
-        "step": corrections_metadata.get("step"),
-        "trained_seconds": corrections_metadata.get("trained_seconds"),
-        "command": corrections_metadata.get("command"),
-        "blend": blend,
-    }
+    corrections = _blended(box2mask, tuned, blend)
+    metadata["corrections_box2mask"] = _fine_tune_record(training_state, tuned_metadata, blend)
     save_weights(
         weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
+    )
+
+
+def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
+    """Replace the first-prompt Box2Mask of ``weights_file`` by the Box2Mask of ``training_state`` (a
+    ``python -m ml.train --networks box2mask`` fine-tune), blended with the file's own like
+    ``attach_corrections``; PropMask, the corrections network and the slice refiner stay as they were."""
+    box2mask, propmask, corrections, metadata = load_all_weights(weights_file)
+    refiner = load_refiner(weights_file)
+    tuned, _, tuned_metadata = load_weights(training_state)
+    replacement = _blended(box2mask, tuned, blend)
+    metadata["box2mask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, blend)
+    save_weights(
+        weights_file, replacement, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
     )
 
 
@@ -266,6 +295,17 @@ def main(argv: list[str] | None = None) -> None:
         default=1.0,
         help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
     )
+    replace = commands.add_parser(
+        "replace-box2mask", help="a training state's Box2Mask -> the first-prompt Box2Mask of a weights file"
+    )
+    replace.add_argument("weights_file", type=pathlib.Path)
+    replace.add_argument("training_state", type=pathlib.Path)
+    replace.add_argument(
+        "--blend",
+        type=float,
+        default=1.0,
+        help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
+    )
     attach_refiner_command = commands.add_parser(
         "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
     )
@@ -281,6 +321,11 @@ def main(argv: list[str] | None = None) -> None:
         if not 0.0 < args.blend <= 1.0:
             parser.error(f"--blend must be in (0, 1], got {args.blend}")
         attach_corrections(args.weights_file, args.training_state, args.blend)
+        print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
+    elif args.command == "replace-box2mask":
+        if not 0.0 < args.blend <= 1.0:
+            parser.error(f"--blend must be in (0, 1], got {args.blend}")
+        replace_box2mask(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-refiner":
         attach_refiner(args.weights_file, args.refiner_state)

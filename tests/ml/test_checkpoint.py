@@ -14,6 +14,7 @@ from ml.checkpoint import (
     load_all_weights,
     load_training_state,
     load_weights,
+    replace_box2mask,
     save_training_state,
     save_weights,
 )
@@ -149,3 +150,59 @@ def test_a_blended_corrections_network_lies_halfway_between_the_two(tmp_path: pa
     )
     with pytest.raises(ValueError, match="blend"):
         attach_corrections(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.0)
+
+
+def test_replacing_the_first_prompt_box2mask_keeps_propmask_and_the_corrections_network(
+    tmp_path: pathlib.Path,
+) -> None:
+    propmask, corrections = PropMask(PROP), Box2Mask(BOX)
+    save_weights(
+        tmp_path / WEIGHTS_FILE,
+        Box2Mask(BOX),
+        propmask,
+        {"step": 5},
+        half=False,
+        corrections_box2mask=corrections,
+    )
+    fine_tuned = Box2Mask(BOX)
+    save_training_state(tmp_path / "tuned.pt", fine_tuned, PropMask(PROP), {}, 9, {"command": "c"}, {})
+
+    replace_box2mask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
+
+    loaded_box, loaded_prop, loaded_corrections, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    guide, mask, adjacent, box_inputs = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded_prop.eval()(guide, mask, adjacent).masks[0],
+            propmask.eval()(guide, mask, adjacent).masks[0],
+            rtol=0.05,
+            atol=0.05,
+        )
+        torch.testing.assert_close(
+            loaded_box.eval()(box_inputs)[0], fine_tuned.eval()(box_inputs)[0], rtol=0.05, atol=0.05
+        )
+        assert loaded_corrections is not None
+        torch.testing.assert_close(
+            loaded_corrections.eval()(box_inputs)[0], corrections.eval()(box_inputs)[0], rtol=0.05, atol=0.05
+        )
+    assert metadata["step"] == 5 and metadata["box2mask_fine_tune"]["step"] == 9
+
+
+def test_a_blended_first_prompt_box2mask_lies_halfway_and_a_bad_blend_changes_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    box2mask = Box2Mask(BOX)
+    save_weights(tmp_path / WEIGHTS_FILE, box2mask, PropMask(PROP), {}, half=False)
+    fine_tuned = Box2Mask(BOX)
+    save_training_state(tmp_path / "tuned.pt", fine_tuned, PropMask(PROP), {}, 9, {}, {})
+    with pytest.raises(ValueError, match="blend"):
+        replace_box2mask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=1.5)
+    name = next(key for key, value in box2mask.state_dict().items() if value.is_floating_point())
+    unchanged = load_all_weights(tmp_path / WEIGHTS_FILE)[0].state_dict()[name]
+    torch.testing.assert_close(unchanged, box2mask.state_dict()[name], rtol=0, atol=0)
+
+    replace_box2mask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.5)
+
+    blended = load_all_weights(tmp_path / WEIGHTS_FILE)[0].state_dict()[name]
+    expected = 0.5 * box2mask.state_dict()[name] + 0.5 * fine_tuned.state_dict()[name]
+    torch.testing.assert_close(blended, expected, rtol=1e-3, atol=1e-3)
