@@ -218,13 +218,9 @@ def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path,
     ``blend`` < 1 stores ``(1 - blend) * file's Box2Mask + blend * fine-tuned Box2Mask`` instead (see
     ``_blended``).
     """
-    if not 0.0 < blend <= 1.0:
-        raise ValueError(f"blend must be in (0, 1], got {blend}")
     box2mask, propmask, _, metadata = load_all_weights(weights_file)
     refiner = load_refiner(weights_file)
     tuned, _, tuned_metadata = load_weights(training_state)
-    if tuned.config != box2mask.config:
-        raise ValueError("the corrections Box2Mask must have the same configuration as Box2Mask")
     corrections = _blended(box2mask, tuned, blend)
     metadata["corrections_box2mask"] = _fine_tune_record(training_state, tuned_metadata, blend)
     save_weights(
@@ -284,28 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser("export", help="training state -> shipped float16 weights")
     export.add_argument("training_state", type=pathlib.Path)
     export.add_argument("weights_dir", type=pathlib.Path, nargs="?", default=DEFAULT_WEIGHTS_DIR)
-    attach = commands.add_parser(
-        "attach-corrections", help="a training state's Box2Mask -> the corrections network of a weights file"
-    )
-    attach.add_argument("weights_file", type=pathlib.Path)
-    attach.add_argument("training_state", type=pathlib.Path)
-    attach.add_argument(
-        "--blend",
-        type=float,
-        default=1.0,
-        help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
-    )
-    replace = commands.add_parser(
-        "replace-box2mask", help="a training state's Box2Mask -> the first-prompt Box2Mask of a weights file"
-    )
-    replace.add_argument("weights_file", type=pathlib.Path)
-    replace.add_argument("training_state", type=pathlib.Path)
-    replace.add_argument(
-        "--blend",
-        type=float,
-        default=1.0,
-        help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
-    )
+    box2mask_commands = {
+        "attach-corrections": (attach_corrections, "the corrections network"),
+        "replace-box2mask": (replace_box2mask, "the first-prompt Box2Mask"),
+    }
+    for name, (_, target) in box2mask_commands.items():
+        command = commands.add_parser(name, help=f"a training state's Box2Mask -> {target} of a weights file")
+        command.add_argument("weights_file", type=pathlib.Path)
+        command.add_argument("training_state", type=pathlib.Path)
+        command.add_argument(
+            "--blend",
+            type=float,
+            default=1.0,
+            help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
+        )
     attach_refiner_command = commands.add_parser(
         "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
     )
@@ -317,15 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "export":
         target = export_weights(args.training_state, args.weights_dir)
         print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
-    elif args.command == "attach-corrections":
+    elif args.command in box2mask_commands:
         if not 0.0 < args.blend <= 1.0:
             parser.error(f"--blend must be in (0, 1], got {args.blend}")
-        attach_corrections(args.weights_file, args.training_state, args.blend)
-        print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
-    elif args.command == "replace-box2mask":
-        if not 0.0 < args.blend <= 1.0:
-            parser.error(f"--blend must be in (0, 1], got {args.blend}")
-        replace_box2mask(args.weights_file, args.training_state, args.blend)
+        store, _ = box2mask_commands[args.command]
+        store(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-refiner":
         attach_refiner(args.weights_file, args.refiner_state)
