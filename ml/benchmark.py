@@ -13,9 +13,12 @@ resize, network, present gate, paste-back):
   matters here; one pass, every target kept) and the ratio of the two;
 * ms per slice of the shipped slice refiner (``ml/refiner.py``; it re-draws every slice of the finished
   object once), and the total per slice (loop + refiner) that the 25 ms target applies to;
+* the worst-case time per object of the loop's threshold calibration (``ml.propagation.calibrated_threshold``:
+  one call there and one back per candidate threshold, in both directions), paid once before propagating;
 * the time to propagate a 100-slice object with the shipped configuration (the loop's calls at 1 mm:
   ``ml.propagation.slices_per_guide`` targets per guide, its views and guide spacing; the network is run
-  whatever it predicts, so the figure does not depend on where a model would stop), refinement included.
+  whatever it predicts, so the figure does not depend on where a model would stop), calibration and
+  refinement included.
 
 Per-call figures use ``MAX_CHUNK_SLICES`` targets per call by default, the most the loop ever sends.
 """
@@ -38,12 +41,14 @@ import torch
 from ml.learned import LearnedPredictor, load_learned_predictor
 from ml.predictor import Window
 from ml.propagation import (
+    CALIBRATION_THRESHOLDS,
     MAX_CHUNK_SLICES,
     chunk_slices,
     guide_views,
     slices_kept_per_guide,
     slices_per_guide,
     uses_overlapping_guides,
+    uses_threshold_calibration,
 )
 from ml.refiner import slices_to_refine
 
@@ -118,6 +123,26 @@ def time_refiner(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarra
     return _median_ms(lambda: predictor.refine_object(image, mask), visited, repeats)
 
 
+def time_calibration(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray, repeats: int) -> float:
+    """Worst-case ms per object of the loop's threshold calibration (0 when the predictor does not ask for
+    it): both directions go on, so each runs one call there and one back per candidate threshold, one
+    target each, in the first guide's view."""
+    if not uses_threshold_calibration(predictor):
+        return 0.0
+    calls = 2 * (1 + len(CALIBRATION_THRESHOLDS))
+    guide_z = image.shape[0] // 2
+    view = "both" if predictor.flip_averaging else "plain"
+    window = Window(0.0, 100.0)
+    single = _median_ms(
+        lambda: predictor.propagate_scored(
+            image[guide_z], mask[guide_z], image[guide_z + 4 : guide_z + 5], window, (1.0, 1.0), view=view
+        ),
+        1,
+        repeats,
+    )
+    return single * calls
+
+
 def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray) -> float:
     """Seconds to propagate the whole object outward from its middle with the loop's calls (1 mm slices):
     the loop's chunk per guide, its views, and the next guide where the loop would put it. The network
@@ -170,12 +195,14 @@ def run(
     single_pass.flip_averaging = False
     single_pass_ms = time_propagation(single_pass, image, mask, slices, repeats)
     refiner_ms = time_refiner(shipped, image, mask, repeats)
+    calibration_ms = time_calibration(shipped, image, mask, repeats)
     paper_ms = time_propagation(paper, image, mask, paper_slices, max(1, repeats - 1))
-    object_seconds = time_object(shipped, image, mask)
+    object_seconds = time_object(shipped, image, mask) + calibration_ms / 1000.0
     return {
         "shipped_ms_per_slice": round(shipped_ms, 2),
         "refiner_ms_per_slice": round(refiner_ms, 2),
         "total_ms_per_slice": round(shipped_ms + refiner_ms, 2),
+        "calibration_ms_per_object": round(calibration_ms, 1),
         "shipped_flip_averaging": shipped.flip_averaging,
         "shipped_overlapping_guides": uses_overlapping_guides(shipped),
         "flip_averaged_ms_per_target": round(flip_averaged_ms, 2),
@@ -230,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"slice refiner: {figures['refiner_ms_per_slice']:.1f} ms per slice; "
         f"total {figures['total_ms_per_slice']:.1f} ms per slice (target <= 25)"
     )
+    if figures["calibration_ms_per_object"]:
+        print(f"threshold calibration: {figures['calibration_ms_per_object']:.0f} ms per object (worst case)")
     print(f"paper size (32..512 channels, 224 px): {figures['paper_ms_per_slice']:.1f} ms per slice")
     print(f"speed-up: {figures['speedup']:.1f}x")
     print(f"100-slice object (shipped): {figures['object_100_slices_seconds']:.2f} s")

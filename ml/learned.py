@@ -82,8 +82,14 @@ class LearnedPredictor:
         overlapping_guides: bool = False,
         corrections_box2mask: Box2Mask | None = None,
         refiner: SliceRefiner | None = None,
+        threshold_calibration: bool = False,
+        clip_to_box: bool = False,
     ) -> None:
-        """``refiner``: a slice refiner (``ml/refiner.py``); when given, the loop re-draws every slice of a
+        """``threshold_calibration``: the loop picks the mask threshold per object from a round trip through
+        the network on that object's own slices (``ml.propagation.calibrated_threshold``).
+        ``clip_to_box``: a box-only first prompt's mask is cut to the box (the box says where the object
+        ends; a box with clicks or a correction is not cut, a click may reach past the box on purpose).
+        ``refiner``: a slice refiner (``ml/refiner.py``); when given, the loop re-draws every slice of a
         finished propagation with it (``refine_object``).
         ``corrections_box2mask``: a Box2Mask fine-tuned on correction samples; when given, it answers every
         prompt that corrects a prior mask, and ``box2mask`` answers first prompts (box, clicks alone).
@@ -112,6 +118,8 @@ class LearnedPredictor:
             raise ValueError(f"present_threshold must be in [0, 1), got {present_threshold}")
         self.present_threshold = present_threshold
         self.overlapping_guides = overlapping_guides
+        self.threshold_calibration = threshold_calibration
+        self.clip_to_box = clip_to_box
         self._lock = threading.Lock()
 
     @classmethod
@@ -190,7 +198,14 @@ class LearnedPredictor:
         extent = self._extent(box, prior, positive + negative)
         crop = square_crop(extent, CROP_SCALE)
         window = box2mask_window(image, box if box is not None else extent)
-        return self._run_box2mask(image, crop, window, box, positive, negative, prior)
+        mask = self._run_box2mask(image, crop, window, box, positive, negative, prior)
+        if box is not None and prior is None and not clicks and self.clip_to_box:
+            # A box says where the object ends; on organs the network never saw its mask can spill past it.
+            y0, x0, y1, x1 = box
+            inside = np.zeros_like(mask)
+            inside[y0 : y1 + 1, x0 : x1 + 1] = True
+            mask &= inside
+        return mask
 
     @staticmethod
     def _extent(
@@ -341,6 +356,20 @@ training cases, step-20329 weights, box prompt, against flip averaging alone at 
 hippocampus (60 cases) 0.730 -> 0.753, left atrium (16 cases) 0.837 -> 0.840 (guides 4 slices apart; why
 not 3: ``ml.propagation.OVERLAP_WINDOW_SLICES``)."""
 
+SHIPPED_THRESHOLD_CALIBRATION = True
+"""The shipped predictor lets the loop choose each object's mask threshold from a round trip through the
+networks on that object's slices (session 13, ``ml.propagation.calibrated_threshold``). Validation, box
+prompt, shipped networks: hippocampus 0.807 -> 0.807, left atrium 0.876 -> 0.876, TotalSegmentator CT
+0.582 -> 0.587, MR 0.682 -> 0.687 (the rule fixed beforehand: the mean must not fall and no set by more than
+0.01). The model trained without the left atrium, on the left atrium: 0.415 -> 0.565."""
+
+SHIPPED_CLIP_TO_BOX = True
+"""The shipped predictor cuts a box prompt's mask to the box (session 13). Prompt-slice 2D Dice, every
+validation object: hippocampus 0.897 -> 0.901, left atrium 0.911 -> 0.912, TotalSegmentator CT 0.737 ->
+0.739, MR 0.841 -> 0.850. 3D box Dice with threshold calibration, against calibration alone: hippocampus
+0.807 -> 0.808, left atrium 0.876 -> 0.876, CT 0.587 -> 0.584, MR 0.687 -> 0.691; the model trained without
+the left atrium, on the left atrium, 0.565 -> 0.580 (its Box2Mask spills past the box there)."""
+
 
 def load_learned_predictor(
     weights_dir: pathlib.Path | None = None,
@@ -348,6 +377,8 @@ def load_learned_predictor(
     *,
     flip_averaging: bool = SHIPPED_FLIP_AVERAGING,
     overlapping_guides: bool = SHIPPED_OVERLAPPING_GUIDES,
+    threshold_calibration: bool = SHIPPED_THRESHOLD_CALIBRATION,
+    clip_to_box: bool = SHIPPED_CLIP_TO_BOX,
     slice_refinement: bool = True,
 ) -> LearnedPredictor:
     """The shipped predictor from ``weights_dir`` (default ``ml/weights/``); CUDA when available, else CPU.
@@ -374,4 +405,6 @@ def load_learned_predictor(
         overlapping_guides=overlapping_guides,
         corrections_box2mask=corrections_box2mask,
         refiner=load_refiner(path) if slice_refinement else None,
+        threshold_calibration=threshold_calibration,
+        clip_to_box=clip_to_box,
     )

@@ -7,7 +7,10 @@ Propagation from a prompt on slice ``g``:
 
 1. The prompt slice's 2D mask (box/click -> ``predictor.prompt_mask``; a mask prompt as given) is
    yielded before any propagation work, so a viewer paints it at once.
-2. The intensity window is taken once, from the 0.5-99.5 percentiles of the prompt's foreground.
+2. The intensity window is taken once, from the 0.5-99.5 percentiles of the prompt's foreground. With a
+   predictor that asks for it (the shipped learned one), the mask threshold is then chosen once per object
+   by a round trip from the prompt slice and back (``calibrated_threshold``): 0.5 unless the network proves
+   over-confident on these images.
 3. Each direction advances in chunks of ``Z = clip(round(chunk_mm / sz), 1, MAX_CHUNK_SLICES)`` slices
    (about 20 mm, so the number of autoregressive steps does not depend on slice thickness, but never more
    than 8 slices from one guide on thin-slice scans); the guide of the next chunk is the
@@ -17,8 +20,8 @@ Propagation from a prompt on slice ``g``:
    rest of the chunk is predicted again around it. With a scoring predictor that asks for it (the shipped
    learned one), guides overlap instead: each predicts up to ``OVERLAP_WINDOW_SLICES`` (8) slices, the nearer
    half is kept, and every later slice is the mean of two guides (``_overlapping_direction_chunks``).
-4. A direction stops at the first slice whose prediction is empty (no probability >= 0.5), at the boundary
-   slices ``z_low``/``z_high``, or at the volume edge.
+4. A direction stops at the first slice whose prediction is empty (no probability >= the threshold), at
+   the boundary slices ``z_low``/``z_high``, or at the volume edge.
 5. PropSAM keeps only the 3D components that touch the prompt. Because slices are streamed before the end,
    this is done as we go: on each slice only the 2D components (8-connected) that overlap the previous
    slice's kept mask dilated by one voxel survive. A chain of such overlaps is exactly 26-connectivity to
@@ -33,7 +36,8 @@ Propagation from a prompt on slice ``g``:
 
 Refinement (``refine_steps``, RadSAM edit mode): clicked slices are corrected by the predictor, edited
 slices are taken as given, and each corrected slice is re-propagated away from the object's anchor
-(the prompt slice) until the new slices agree with the old mask again.
+(the prompt slice) until the new slices agree with the old mask again, at a threshold calibrated from that
+corrected slice.
 
 Directions: ``"up"`` walks towards increasing ``z``, ``"down"`` towards decreasing ``z``.
 """
@@ -76,6 +80,11 @@ and the far ones, predicted from a guide 32 slices away, drift: capping at 8 (th
 guide"; 6 scored the same) raised the learned engine's left-atrium box Dice from 0.807 to 0.821 on the
 training cases (0.834 -> 0.857 on the validation cases; the classical engine's 0.720 -> 0.716); hippocampus
 (20 slices per chunk at 1 mm) stayed at 0.723. Scans of 2.5 mm or thicker are unaffected."""
+CALIBRATION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+"""Mask thresholds the round trip (``calibrated_threshold``) chooses from; 0.5 is the trained one."""
+CALIBRATION_MARGIN = 0.02
+"""A threshold above 0.5 is taken only when its round trip beats 0.5's by this much Dice (fixed before
+measuring: on images like the training ones 0.5 should stand unless the evidence is clear)."""
 AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
 NEIGHBOUR_PRIOR_REACH = 3
@@ -199,6 +208,7 @@ def _direction_chunks(
     step: int,
     last_z: int,
     chunk: int,
+    threshold: float = 0.5,
 ) -> Iterator[list[tuple[int, np.ndarray]]]:
     """Propagate one direction, one chunk per item: ``[(z, kept bool (Y, X)), ...]`` in outward order.
 
@@ -207,12 +217,13 @@ def _direction_chunks(
         step: +1 (up) or -1 (down).
         last_z: the last slice this direction may reach (inclusive boundary).
         chunk: slices per predictor call.
+        threshold: probability at which a pixel is the object (``calibrated_threshold``).
 
     Ends after the first empty slice (that slice is not included), or at ``last_z``.
     """
     if uses_overlapping_guides(predictor):
         yield from _overlapping_direction_chunks(
-            predictor, volume, spacing, start_z, start_mask, window, step, last_z, chunk
+            predictor, volume, spacing, start_z, start_mask, window, step, last_z, chunk, threshold
         )
         return
     spacing_z, spacing_yx = spacing[0], (spacing[1], spacing[2])
@@ -231,7 +242,7 @@ def _direction_chunks(
             guide_distances=[abs(z - guide_z) * spacing_z for z in targets_z],
         )
         candidates = (
-            (z, np.asarray(probability) >= 0.5)
+            (z, np.asarray(probability) >= threshold)
             for z, probability in zip(targets_z, probabilities, strict=True)
         )
         kept, ended = _keep_outward(candidates, guide_mask, growth_band_px(spacing))
@@ -304,6 +315,7 @@ def _overlapping_direction_chunks(
     step: int,
     last_z: int,
     chunk: int,
+    threshold: float = 0.5,
 ) -> Iterator[list[tuple[int, np.ndarray]]]:
     """``_direction_chunks`` with overlapping guides: each guide predicts ``slices_per_guide`` slices (the
     chunk, at most ``OVERLAP_WINDOW_SLICES``) but only the nearer half is kept; the next guide is the last
@@ -338,7 +350,7 @@ def _overlapping_direction_chunks(
                 probability, present = (probability + before_probability) / 2, (present + before_present) / 2
             answers[z] = (probability, float(present))
         candidates = (
-            (z, (answers[z][0] >= 0.5) & (answers[z][1] >= predictor.present_threshold))
+            (z, (answers[z][0] >= threshold) & (answers[z][1] >= predictor.present_threshold))
             for z in targets_z[:keep]
         )
         kept, ended = _keep_outward(candidates, guide_mask, growth_band_px(spacing))
@@ -349,6 +361,69 @@ def _overlapping_direction_chunks(
         # Answers past the new guide stay in the average even when a slice outgrew the crop and they may be
         # cut by it: dropping them measured worse (hippocampus training cases 0.753 -> 0.744).
         earlier = {z: answer for z, answer in answers.items() if (z - guide_z) * step > 0}
+
+
+def uses_threshold_calibration(predictor: SlicePredictor) -> TypeGuard[ScoringPredictor]:
+    """Whether the loop chooses this predictor's mask threshold per object (``calibrated_threshold``)."""
+    return uses_overlapping_guides(predictor) and bool(getattr(predictor, "threshold_calibration", False))
+
+
+def calibrated_threshold(
+    predictor: SlicePredictor,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    z: int,
+    mask: np.ndarray,
+    window: Window,
+    chunk: int,
+    *,
+    z_low: int,
+    z_high: int,
+) -> float:
+    """The mask threshold for one object's propagation from the guide ``mask`` on slice ``z``.
+
+    A round trip measures how the network behaves on this very image: for each threshold in
+    ``CALIBRATION_THRESHOLDS`` it propagates the guide one re-guiding step (``slices_kept_per_guide``
+    slices) up and down, thresholds there, propagates back to slice ``z`` and scores the answer against
+    ``mask`` (Dice, averaged over the directions where the object goes on). The true answer of a round trip
+    is known: the mask it started from. On images unlike the training ones a network can be over-confident,
+    so that every re-guiding adds a rim (the model trained without the left atrium, on it: the round trip
+    grows the mask, and its Dice rises with the threshold); on familiar images 0.5 reproduces the guide best.
+    The largest-scoring threshold wins if it beats 0.5 by ``CALIBRATION_MARGIN``, else 0.5.
+
+    Costs two guide calls per threshold and direction (one target each); 0.5 when the predictor does not ask
+    for calibration or the object does not go on in either direction.
+    """
+    if not uses_threshold_calibration(predictor) or not mask.any():
+        return 0.5
+    spacing_yx = (spacing[1], spacing[2])
+    view: View = "both" if predictor.flip_averaging else "plain"
+    hop = slices_kept_per_guide(predictor, chunk)
+    image = _slice(volume, z)
+    scores: dict[float, list[float]] = {threshold: [] for threshold in CALIBRATION_THRESHOLDS}
+    for step in (+1, -1):
+        there_z = z + step * hop
+        if not z_low <= there_z <= z_high:
+            continue
+        there = predictor.propagate_scored(
+            image, mask, np.asarray(volume[[there_z]], dtype=np.float32), window, spacing_yx, view=view
+        )
+        if there.present[0] < predictor.present_threshold or not (there.probabilities[0] >= 0.5).any():
+            continue  # the object ends before that slice: nothing to go there and back through
+        for threshold in CALIBRATION_THRESHOLDS:
+            forward = there.probabilities[0] >= threshold
+            if not forward.any():
+                scores[threshold].append(0.0)
+                continue
+            back = predictor.propagate_scored(
+                _slice(volume, there_z), forward, image[None], window, spacing_yx, view=view
+            )
+            scores[threshold].append(dice(back.probabilities[0] >= threshold, mask))
+    if not scores[0.5]:
+        return 0.5
+    mean = {threshold: float(np.mean(values)) for threshold, values in scores.items()}
+    best = max(CALIBRATION_THRESHOLDS, key=lambda threshold: mean[threshold])
+    return best if mean[best] >= mean[0.5] + CALIBRATION_MARGIN else 0.5
 
 
 def _crop_reach(guide_mask: np.ndarray) -> tuple[float, float, float]:
@@ -424,12 +499,17 @@ def propagate_prompt(
         return
     window = window_from_mask(image, prompt_mask)
     chunk = chunk_slices(spacing[0], chunk_mm)
+    threshold = calibrated_threshold(
+        predictor, volume, spacing, prompt.z, prompt_mask, window, chunk, z_low=z_low, z_high=z_high
+    )
     runs = [
-        (UP, _direction_chunks(predictor, volume, spacing, prompt.z, prompt_mask, window, +1, z_high, chunk)),
         (
-            DOWN,
-            _direction_chunks(predictor, volume, spacing, prompt.z, prompt_mask, window, -1, z_low, chunk),
-        ),
+            direction,
+            _direction_chunks(
+                predictor, volume, spacing, prompt.z, prompt_mask, window, step, last_z, chunk, threshold
+            ),
+        )
+        for direction, step, last_z in ((UP, +1, z_high), (DOWN, -1, z_low))
     ]
     found = np.zeros(volume.shape, dtype=bool)
     found[prompt.z] = prompt_mask
@@ -635,6 +715,7 @@ def refine_steps(
     chunk = chunk_slices(spacing[0], chunk_mm)
     corrected_z = sorted(corrected)
     runs: list[tuple[str, Iterator[list[tuple[int, np.ndarray]]]]] = []
+    thresholds: dict[int, float] = {}  # per corrected slice, shared by its two directions
     for index, z in enumerate(corrected_z):
         new_mask = corrected[z]
         related = _related_old_part(old_mask[z], new_mask, clicked_points.get(z, []))
@@ -651,8 +732,12 @@ def refine_steps(
             chunks: Iterator[list[tuple[int, np.ndarray]]] = iter(())
             if new_mask.any():
                 window = window_from_mask(_slice(volume, z), new_mask)
+                if z not in thresholds:
+                    thresholds[z] = calibrated_threshold(
+                        predictor, volume, spacing, z, new_mask, window, chunk, z_low=z_low, z_high=z_high
+                    )
                 chunks = _direction_chunks(
-                    predictor, volume, spacing, z, new_mask, window, step, last_z, chunk
+                    predictor, volume, spacing, z, new_mask, window, step, last_z, chunk, thresholds[z]
                 )
             replaced = _replace_until_agreement(
                 chunks,

@@ -45,3 +45,5 @@ def test_benchmark_prints_and_writes_both_configurations(tmp_path: pathlib.Path,
     # The shipped slice refiner's cost is reported and counted in the total the 25 ms target applies to.
     assert "slice refiner" in printed and "target <= 25" in printed
     assert figures["total_ms_per_slice"] >= figures["shipped_ms_per_slice"]
+    # The shipped loop calibrates each object's threshold once; its cost per object is reported.
+    assert "threshold calibration" in printed and figures["calibration_ms_per_object"] > 0

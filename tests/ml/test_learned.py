@@ -236,3 +236,22 @@ def test_a_negative_click_on_a_leak_into_the_touching_label_removes_it_and_keeps
             after.append(2 * (corrected & truth).sum() / (corrected.sum() + truth.sum()))
     assert len(before) >= 15
     assert np.mean(after) >= np.mean(before) + 0.02, f"Dice {np.mean(before):.3f} -> {np.mean(after):.3f}"
+
+
+def test_a_box_prompts_mask_stays_inside_the_box_but_a_click_may_reach_past_it() -> None:
+    rows, cols = np.mgrid[:96, :96]
+    disc = (rows - 48) ** 2 + (cols - 48) ** 2 <= 20**2
+    image = np.where(disc, 200.0, 20.0).astype(np.float32)
+    image += np.random.default_rng(0).normal(0, 5, image.shape).astype(np.float32)
+    box = (30, 30, 66, 56)  # cuts the bright disc on its right
+    outside = np.ones_like(disc)
+    outside[30:67, 30:57] = False
+    unclipped = load_learned_predictor(device="cpu", clip_to_box=False).prompt_mask(
+        image, (1.0, 1.0), box=box
+    )
+    assert (unclipped & outside).any()  # the network alone follows the disc past the box
+    shipped = load_learned_predictor(device="cpu")
+    clipped = shipped.prompt_mask(image, (1.0, 1.0), box=box)
+    assert not (clipped & outside).any() and (clipped == (unclipped & ~outside)).all()
+    clicked = shipped.prompt_mask(image, (1.0, 1.0), box=box, clicks=[SliceClick(48, 64, positive=True)])
+    assert (clicked & outside).any()

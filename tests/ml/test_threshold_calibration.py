@@ -1,0 +1,166 @@
+"""Per-object threshold calibration: a round trip through the network on the object's own slices.
+
+``RimOracle`` is an over-confident network of the kind a model shows on organs it never saw: it answers the
+true mask with probability 0.95 and, around whatever guide it was given, a rim of ``rim_probability``. At the
+trained threshold (0.5) every re-guiding then adds that rim and the object swells slice after slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ml.engine import Engine, MaskPrompt
+from ml.learned import LearnedPredictor, load_learned_predictor
+from ml.predictor import ScoredSlices, SliceClick, View, Window
+from ml.prompts import Click
+from ml.propagation import (
+    CALIBRATION_THRESHOLDS,
+    calibrated_threshold,
+    chunk_slices,
+    dice,
+    uses_threshold_calibration,
+)
+from tests.ml.tagged import tagged_volume
+
+torch.set_num_threads(1)
+
+SIZE = 48
+
+
+def disc_truth(depth: int, first: int, last: int) -> np.ndarray:
+    """A disc of radius 8 in the middle of ``SIZE x SIZE`` slices ``first..last``."""
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    disc = (rows - SIZE / 2) ** 2 + (cols - SIZE / 2) ** 2 <= 8**2
+    truth = np.zeros((depth, SIZE, SIZE), dtype=bool)
+    truth[first : last + 1] = disc
+    return truth
+
+
+class RimOracle:
+    name = "rim-oracle"
+    present_threshold = 0.5
+    flip_averaging = True
+    overlapping_guides = True
+
+    def __init__(self, truth: np.ndarray, *, rim_probability: float, threshold_calibration: bool) -> None:
+        self.truth = truth
+        self.rim_probability = rim_probability
+        self.threshold_calibration = threshold_calibration
+        self.calls = 0
+
+    def prompt_mask(
+        self,
+        image: np.ndarray,
+        spacing_yx: tuple[float, float],
+        *,
+        box: tuple[int, int, int, int] | None = None,
+        clicks: Sequence[SliceClick] = (),
+        prior: np.ndarray | None = None,
+    ) -> np.ndarray:
+        return self.truth[int(image[0, 0])].copy()
+
+    def propagate(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("with overlapping guides the loop asks for scored answers only")
+
+    def propagate_scored(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        view: View = "plain",
+    ) -> ScoredSlices:
+        self.calls += 1
+        target_z = [int(target[0, 0]) for target in targets]
+        rim = ndimage.binary_dilation(guide_mask, iterations=2)
+        probabilities = np.where(self.truth[target_z], 0.95, np.where(rim, self.rim_probability, 0.0))
+        present = [float(self.truth[z].any()) for z in target_z]
+        return ScoredSlices(probabilities.astype(np.float32), np.asarray(present, np.float32))
+
+
+def segmented(oracle: RimOracle, prompt_z: int) -> np.ndarray:
+    volume = tagged_volume(oracle.truth.shape[0], SIZE)
+    found = np.zeros(oracle.truth.shape, dtype=bool)
+    for step in Engine(oracle).propagate(
+        volume, (1.0, 1.0, 1.0), MaskPrompt(prompt_z, oracle.truth[prompt_z])
+    ):
+        found[step.z] = step.mask
+    return found
+
+
+def threshold_at_slice_30(oracle: RimOracle) -> float:
+    """``calibrated_threshold`` for a prompt on slice 30 of a 60-slice, 1 mm volume."""
+    volume = tagged_volume(oracle.truth.shape[0], SIZE)
+    window = Window(0.0, 100.0)
+    return calibrated_threshold(
+        oracle, volume, (1.0, 1.0, 1.0), 30, oracle.truth[30], window, chunk_slices(1.0), z_low=0, z_high=59
+    )
+
+
+def test_an_over_confident_network_no_longer_swells_the_object_with_calibration() -> None:
+    truth = disc_truth(60, 10, 49)
+    swollen = segmented(RimOracle(truth, rim_probability=0.75, threshold_calibration=False), 30)
+    calibrated = segmented(RimOracle(truth, rim_probability=0.75, threshold_calibration=True), 30)
+    assert dice(swollen, truth) < 0.8  # a rim per re-guiding, capped only by the growth guard
+    assert dice(calibrated, truth) == 1.0
+
+
+def test_the_round_trip_picks_the_lowest_threshold_that_drops_the_rim() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
+    threshold = threshold_at_slice_30(oracle)
+    assert threshold == 0.8
+    # up and down: one call there, then one back per candidate threshold
+    assert oracle.calls == 2 * (1 + len(CALIBRATION_THRESHOLDS))
+
+
+def test_a_network_that_is_right_on_these_images_keeps_the_trained_threshold() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = RimOracle(truth, rim_probability=0.0, threshold_calibration=True)
+    assert threshold_at_slice_30(oracle) == 0.5
+    assert dice(segmented(oracle, 30), truth) == 1.0
+
+
+def test_an_object_ending_at_the_prompt_slice_keeps_the_trained_threshold() -> None:
+    truth = disc_truth(60, 30, 30)
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
+    threshold = threshold_at_slice_30(oracle)
+    assert threshold == 0.5  # nothing beyond the prompt to go there and back through
+    assert oracle.calls == 2  # one look each way, no round trips
+
+
+def test_predictors_that_do_not_ask_for_calibration_cost_no_extra_calls() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=False)
+    assert not uses_threshold_calibration(oracle)
+    threshold = threshold_at_slice_30(oracle)
+    assert threshold == 0.5 and oracle.calls == 0
+
+
+def test_the_shipped_learned_predictor_calibrates_and_can_be_told_not_to() -> None:
+    assert load_learned_predictor(device="cpu").threshold_calibration is True
+    assert load_learned_predictor(device="cpu", threshold_calibration=False).threshold_calibration is False
+    assert LearnedPredictor.from_untrained("fast", "cpu").threshold_calibration is False
+
+
+def test_a_correction_past_the_end_re_propagates_at_the_calibrated_threshold_too() -> None:
+    truth = disc_truth(60, 10, 49)
+    volume = tagged_volume(60, SIZE)
+    stopped_early = truth.copy()
+    stopped_early[36:] = False  # the first propagation ended at slice 35
+    click = Click(40, SIZE // 2, SIZE // 2, positive=True)
+    results = {}
+    for calibrate in (False, True):
+        oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=calibrate)
+        results[calibrate] = Engine(oracle).refine(
+            volume, (1.0, 1.0, 1.0), stopped_early, [click], anchor_z=30
+        )
+    # the click re-propagates away from the prompt slice (30), from slice 40 up
+    assert dice(results[False][40:], truth[40:]) < 0.9
+    assert dice(results[True][40:], truth[40:]) == 1.0
