@@ -7,7 +7,7 @@ trained threshold (0.5) every re-guiding then adds that rim and the object swell
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from ml.engine import Engine, MaskPrompt
 from ml.learned import LearnedPredictor, load_learned_predictor
-from ml.predictor import ScoredSlices, SliceClick, View, Window
+from ml.predictor import ScoredSlices, Window
 from ml.prompts import Click
 from ml.propagation import (
     CALIBRATION_THRESHOLDS,
@@ -25,6 +25,7 @@ from ml.propagation import (
     uses_threshold_calibration,
 )
 from tests.ml.tagged import tagged_volume
+from tests.ml.test_overlapping_guides import ScoringOracle
 
 torch.set_num_threads(1)
 
@@ -40,48 +41,21 @@ def disc_truth(depth: int, first: int, last: int) -> np.ndarray:
     return truth
 
 
-class RimOracle:
-    name = "rim-oracle"
-    present_threshold = 0.5
-    flip_averaging = True
-    overlapping_guides = True
+class RimOracle(ScoringOracle):
+    """``ScoringOracle`` (true masks, every call logged) with a rim of ``rim_probability`` around each guide."""
 
     def __init__(self, truth: np.ndarray, *, rim_probability: float, threshold_calibration: bool) -> None:
-        self.truth = truth
+        super().__init__(truth)
         self.rim_probability = rim_probability
         self.threshold_calibration = threshold_calibration
-        self.calls = 0
-
-    def prompt_mask(
-        self,
-        image: np.ndarray,
-        spacing_yx: tuple[float, float],
-        *,
-        box: tuple[int, int, int, int] | None = None,
-        clicks: Sequence[SliceClick] = (),
-        prior: np.ndarray | None = None,
-    ) -> np.ndarray:
-        return self.truth[int(image[0, 0])].copy()
-
-    def propagate(self, *args: object, **kwargs: object) -> np.ndarray:
-        raise AssertionError("with overlapping guides the loop asks for scored answers only")
 
     def propagate_scored(
-        self,
-        guide_image: np.ndarray,
-        guide_mask: np.ndarray,
-        targets: np.ndarray,
-        window: Window,
-        spacing_yx: tuple[float, float],
-        *,
-        view: View = "plain",
+        self, guide_image: np.ndarray, guide_mask: np.ndarray, *args: Any, **kwargs: Any
     ) -> ScoredSlices:
-        self.calls += 1
-        target_z = [int(target[0, 0]) for target in targets]
+        truthful = super().propagate_scored(guide_image, guide_mask, *args, **kwargs)
         rim = ndimage.binary_dilation(guide_mask, iterations=2)
-        probabilities = np.where(self.truth[target_z], 0.95, np.where(rim, self.rim_probability, 0.0))
-        present = [float(self.truth[z].any()) for z in target_z]
-        return ScoredSlices(probabilities.astype(np.float32), np.asarray(present, np.float32))
+        probabilities = np.where(truthful.probabilities > 0, 0.95, np.where(rim, self.rim_probability, 0.0))
+        return ScoredSlices(probabilities.astype(np.float32), truthful.present)
 
 
 def segmented(oracle: RimOracle, prompt_z: int) -> np.ndarray:
@@ -117,7 +91,7 @@ def test_the_round_trip_picks_the_lowest_threshold_that_drops_the_rim() -> None:
     threshold = threshold_at_slice_30(oracle)
     assert threshold == 0.8
     # up and down: one call there, then one back per candidate threshold
-    assert oracle.calls == 2 * (1 + len(CALIBRATION_THRESHOLDS))
+    assert len(oracle.calls) == 2 * (1 + len(CALIBRATION_THRESHOLDS))
 
 
 def test_a_network_that_is_right_on_these_images_keeps_the_trained_threshold() -> None:
@@ -132,7 +106,7 @@ def test_an_object_ending_at_the_prompt_slice_keeps_the_trained_threshold() -> N
     oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
     threshold = threshold_at_slice_30(oracle)
     assert threshold == 0.5  # nothing beyond the prompt to go there and back through
-    assert oracle.calls == 2  # one look each way, no round trips
+    assert len(oracle.calls) == 2  # one look each way, no round trips
 
 
 def test_predictors_that_do_not_ask_for_calibration_cost_no_extra_calls() -> None:
@@ -140,7 +114,7 @@ def test_predictors_that_do_not_ask_for_calibration_cost_no_extra_calls() -> Non
     oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=False)
     assert not uses_threshold_calibration(oracle)
     threshold = threshold_at_slice_30(oracle)
-    assert threshold == 0.5 and oracle.calls == 0
+    assert threshold == 0.5 and len(oracle.calls) == 0
 
 
 def test_the_shipped_learned_predictor_calibrates_and_can_be_told_not_to() -> None:
