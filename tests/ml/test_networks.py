@@ -119,3 +119,41 @@ def test_configs_saved_before_present_features_existed_rebuild_the_bottleneck_he
     with torch.no_grad():
         output = network(torch.randn(1, 1, 32, 32), torch.ones(1, 1, 32, 32), torch.randn(1, 2, 32, 32))
     assert output.present is not None and tuple(output.present.shape) == (1, 2)
+
+
+def test_conv_stage_normalises_each_channel_of_each_image_like_instance_norm() -> None:
+    # The stages use group norm with one group per channel for speed; checkpoints trained with
+    # nn.InstanceNorm2d must load into them and compute the same thing.
+    from ml.networks.blocks import ConvStage
+
+    stage = ConvStage(3, 8).eval()
+    reference = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.InstanceNorm2d(8, affine=True, eps=1e-5),
+        torch.nn.LeakyReLU(0.01),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.InstanceNorm2d(8, affine=True, eps=1e-5),
+        torch.nn.LeakyReLU(0.01),
+    ).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.uniform_(-1, 1)
+    stage.layers.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(2, 3, 16, 16) * torch.tensor([1.0, 50.0])[:, None, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(stage(images), reference(images), rtol=1e-4, atol=1e-4)
+
+
+def test_guide_attention_is_softmax_attention_of_every_adjacent_pixel_over_the_guide() -> None:
+    from ml.networks.propmask import GuideAttention
+
+    attention = GuideAttention(8).eval()
+    adjacent, guide, guide_mask = torch.randn(2, 3, 8, 4, 4), torch.randn(2, 8, 4, 4), torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        got = attention(adjacent, guide, guide_mask)
+        queries = attention.query(adjacent.permute(0, 1, 3, 4, 2).reshape(2, 3 * 16, 8))
+        keys = attention.key(guide.flatten(2).transpose(1, 2))
+        values = attention.value(guide_mask.flatten(2).transpose(1, 2))
+        weights = torch.softmax(queries @ keys.transpose(1, 2) / 8**0.5, dim=-1)
+        expected = attention.out(weights @ values).reshape(2, 3, 4, 4, 8).permute(0, 1, 4, 2, 3) + adjacent
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
