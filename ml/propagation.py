@@ -379,6 +379,7 @@ def calibrated_threshold(
     *,
     z_low: int,
     z_high: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> float:
     """The mask threshold for one object's propagation from the guide ``mask`` on slice ``z``.
 
@@ -392,10 +393,12 @@ def calibrated_threshold(
     The largest-scoring threshold wins if it beats 0.5 by ``CALIBRATION_MARGIN``, else 0.5.
 
     Costs two guide calls per threshold and direction (one target each); 0.5 when the predictor does not ask
-    for calibration or the object does not go on in either direction.
+    for calibration or the object does not go on in either direction. ``should_stop`` is polled before every
+    call: once it fires, the answer is 0.5 at once (the caller, polling the same flag, then ends).
     """
     if not uses_threshold_calibration(predictor) or not mask.any():
         return 0.5
+    should_stop = should_stop or _never_stop
     spacing_yx = (spacing[1], spacing[2])
     view: View = "both" if predictor.flip_averaging else "plain"
     hop = slices_kept_per_guide(predictor, chunk)
@@ -405,6 +408,8 @@ def calibrated_threshold(
         there_z = z + step * hop
         if not z_low <= there_z <= z_high:
             continue
+        if should_stop():
+            return 0.5
         there = predictor.propagate_scored(
             image, mask, np.asarray(volume[[there_z]], dtype=np.float32), window, spacing_yx, view=view
         )
@@ -415,6 +420,8 @@ def calibrated_threshold(
             if not forward.any():
                 scores[threshold].append(0.0)
                 continue
+            if should_stop():
+                return 0.5
             back = predictor.propagate_scored(
                 _slice(volume, there_z), forward, image[None], window, spacing_yx, view=view
             )
@@ -500,7 +507,16 @@ def propagate_prompt(
     window = window_from_mask(image, prompt_mask)
     chunk = chunk_slices(spacing[0], chunk_mm)
     threshold = calibrated_threshold(
-        predictor, volume, spacing, prompt.z, prompt_mask, window, chunk, z_low=z_low, z_high=z_high
+        predictor,
+        volume,
+        spacing,
+        prompt.z,
+        prompt_mask,
+        window,
+        chunk,
+        z_low=z_low,
+        z_high=z_high,
+        should_stop=should_stop,
     )
     runs = [
         (
@@ -734,7 +750,16 @@ def refine_steps(
                 window = window_from_mask(_slice(volume, z), new_mask)
                 if z not in thresholds:
                     thresholds[z] = calibrated_threshold(
-                        predictor, volume, spacing, z, new_mask, window, chunk, z_low=z_low, z_high=z_high
+                        predictor,
+                        volume,
+                        spacing,
+                        z,
+                        new_mask,
+                        window,
+                        chunk,
+                        z_low=z_low,
+                        z_high=z_high,
+                        should_stop=should_stop,
                     )
                 chunks = _direction_chunks(
                     predictor, volume, spacing, z, new_mask, window, step, last_z, chunk, thresholds[z]

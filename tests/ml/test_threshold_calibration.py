@@ -138,3 +138,41 @@ def test_a_correction_past_the_end_re_propagates_at_the_calibrated_threshold_too
     # the click re-propagates away from the prompt slice (30), from slice 40 up
     assert dice(results[False][40:], truth[40:]) < 0.9
     assert dice(results[True][40:], truth[40:]) == 1.0
+
+
+def test_cancelling_during_the_calibration_stops_after_the_call_in_flight() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
+    volume = tagged_volume(60, SIZE)
+
+    def cancelled() -> bool:  # the user cancels while the first call runs
+        return len(oracle.calls) >= 1
+
+    steps = list(
+        Engine(oracle).propagate(volume, (1.0, 1.0, 1.0), MaskPrompt(30, truth[30]), should_stop=cancelled)
+    )
+    assert [step.z for step in steps] == [30]  # the prompt slice only
+    assert len(oracle.calls) == 1  # not the 12 calls of a full calibration
+
+
+def test_cancelling_a_correction_during_its_calibration_re_propagates_nothing() -> None:
+    truth = disc_truth(60, 10, 49)
+    stopped_early = truth.copy()
+    stopped_early[36:] = False
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
+
+    def cancelled() -> bool:
+        return len(oracle.calls) >= 1
+
+    steps = list(
+        Engine(oracle).refine_steps(
+            tagged_volume(60, SIZE),
+            (1.0, 1.0, 1.0),
+            stopped_early,
+            [Click(40, SIZE // 2, SIZE // 2, positive=True)],
+            anchor_z=30,
+            should_stop=cancelled,
+        )
+    )
+    assert [step.z for step in steps] == [40]  # the corrected slice only
+    assert len(oracle.calls) == 1
