@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -334,14 +334,23 @@ class LearnedPredictor:
 
     # ------------------------------------------------------------------ whole object
 
-    def refine_object(self, volume: np.ndarray, mask: np.ndarray, keep: Sequence[int] = ()) -> np.ndarray:
+    def refine_object(
+        self,
+        volume: np.ndarray,
+        mask: np.ndarray,
+        keep: Sequence[int] = (),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """The slice refiner's bool ``(Z, Y, X)`` re-drawing of a finished propagation ``mask``; slices in
-        ``keep`` stay as they are. Returns ``mask`` unchanged when there is no refiner."""
+        ``keep`` stay as they are. Returns ``mask`` unchanged when there is no refiner. ``should_stop`` is
+        polled between batches of slices (``ml.refiner.refine_probabilities``)."""
         mask = np.asarray(mask, dtype=bool)
         if self.refiner is None:
             return mask
         with self._lock:
-            return refine_mask(self.refiner, volume, mask, keep=keep, device=self.device)
+            return refine_mask(
+                self.refiner, volume, mask, keep=keep, device=self.device, should_stop=should_stop
+            )
 
 
 SHIPPED_FLIP_AVERAGING = True

@@ -18,7 +18,7 @@ predictors window them themselves, usually with the ``Window`` the loop computed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -155,8 +155,15 @@ class ObjectRefiningPredictor(SlicePredictor, Protocol):
 
     refiner: object | None
 
-    def refine_object(self, volume: np.ndarray, mask: np.ndarray, keep: Sequence[int] = ()) -> np.ndarray:
-        """bool ``(Z, Y, X)``: ``mask`` (the finished object) re-drawn; slices in ``keep`` unchanged."""
+    def refine_object(
+        self,
+        volume: np.ndarray,
+        mask: np.ndarray,
+        keep: Sequence[int] = (),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """bool ``(Z, Y, X)``: ``mask`` (the finished object) re-drawn; slices in ``keep`` unchanged.
+        ``should_stop`` may be polled while it works; when it fired, the answer is not used."""
         ...
 
 

@@ -550,7 +550,11 @@ def _refined_steps(
     should_stop: Callable[[], bool],
 ) -> Iterator[PropagationStep]:
     """The slices the refiner changes, nearest the prompt first (the prompt slice is never changed)."""
-    refined = np.asarray(predictor.refine_object(volume, found, keep=[prompt_z]), dtype=bool)
+    refined = np.asarray(
+        predictor.refine_object(volume, found, keep=[prompt_z], should_stop=should_stop), dtype=bool
+    )
+    if should_stop():  # cancelled while refining: part of the object would be re-drawn, part not
+        return
     components, _ = ndimage.label(refined, structure=np.ones((3, 3, 3), dtype=bool))
     touching = np.unique(components[prompt_z][found[prompt_z]])
     refined = np.isin(components, touching[touching > 0])

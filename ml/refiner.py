@@ -17,7 +17,7 @@ slices.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +103,7 @@ def refine_probabilities(
     *,
     device: torch.device | str = "cpu",
     slices: Sequence[int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[int, np.ndarray]:
     """float32 ``(Y, X)`` object probabilities for every slice the refiner visits.
 
@@ -111,6 +112,8 @@ def refine_probabilities(
         mask: bool ``(Z, Y, X)``, the propagated object (not modified).
         slices: which slices to re-draw (default ``slices_to_refine``); slices with no propagated mask
             within ``mask_context`` are skipped.
+        should_stop: polled before every batch of ``REFINER_BATCH`` slices; once it fires, only the slices
+            already re-drawn are returned (a cancel waits for one batch, not the whole object).
     """
     config = refiner.config
     mask = np.asarray(mask, dtype=bool)
@@ -122,6 +125,8 @@ def refine_probabilities(
     shape = mask.shape[1:]
     out: dict[int, np.ndarray] = {}
     for start in range(0, len(wanted), REFINER_BATCH):
+        if should_stop is not None and should_stop():
+            break
         batch = [
             refiner_input(volume, mask, z, window, config) for z in wanted[start : start + REFINER_BATCH]
         ]
@@ -141,12 +146,16 @@ def refine_mask(
     keep: Sequence[int] = (),
     device: torch.device | str = "cpu",
     threshold: float = 0.5,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """The refined bool ``(Z, Y, X)`` mask; slices in ``keep`` (e.g. a user-drawn prompt slice) stay as they are."""
+    """The refined bool ``(Z, Y, X)`` mask; slices in ``keep`` (e.g. a user-drawn prompt slice) stay as they are.
+
+    ``should_stop``: see ``refine_probabilities``; slices not reached before it fired stay as they are."""
     mask = np.asarray(mask, dtype=bool)
     refined = mask.copy()
     kept = {int(z) for z in keep}
-    for z, probability in refine_probabilities(refiner, volume, mask, device=device).items():
+    probabilities = refine_probabilities(refiner, volume, mask, device=device, should_stop=should_stop)
+    for z, probability in probabilities.items():
         if z not in kept:
             refined[z] = probability >= threshold
     return refined

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,9 +23,10 @@ from ml.checkpoint import (
 )
 from ml.config import Box2MaskConfig, PropMaskConfig, RefinerConfig
 from ml.engine import Engine, MaskPrompt
+from ml.learned import LearnedPredictor
 from ml.networks import Box2Mask, PropMask, SliceRefiner
 from ml.predictor import Window
-from ml.refiner import refine_mask, refiner_input, slices_to_refine
+from ml.refiner import refine_mask, refine_probabilities, refiner_input, slices_to_refine
 from tests.ml.tagged import square_truth, tagged_volume
 from tests.ml.test_propagation import OraclePredictor
 
@@ -71,6 +73,53 @@ def test_kept_slices_are_never_redrawn() -> None:
     assert not refine_mask(refiner, volume, np.zeros_like(mask)).any()
 
 
+def test_a_cancel_while_refining_stops_after_the_batch_in_flight() -> None:
+    volume = np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32)
+    mask = np.zeros((40, 40, 40), dtype=bool)
+    mask[2:38, 12:24, 12:24] = True  # 40 slices to visit: three batches of 16
+    refiner = SliceRefiner(TINY).eval()
+    batches = {"started": 0}
+
+    def cancelled_after_the_first_batch() -> bool:
+        batches["started"] += 1
+        return batches["started"] > 1
+
+    done = refine_probabilities(refiner, volume, mask, should_stop=cancelled_after_the_first_batch)
+    assert sorted(done) == list(range(16))
+    assert len(refine_probabilities(refiner, volume, mask)) == 40
+    partly = refine_mask(refiner, volume, mask, should_stop=cancelled_after_the_first_batch)
+    assert np.array_equal(partly[16:], mask[16:])  # slices it never reached stay as they were
+
+
+def test_cancelling_as_the_learned_refiner_starts_runs_no_refiner_batch() -> None:
+    torch.manual_seed(0)
+    refiner = SliceRefiner(TINY).eval()
+    predictor = LearnedPredictor(Box2Mask(BOX), PropMask(PROP), "cpu", refiner=refiner)
+    truth = square_truth(40, 10, 30)
+    state = {"refining": False, "batches": 0}
+    refine_object = predictor.refine_object
+
+    def refine_and_note(*args: Any, **kwargs: Any) -> np.ndarray:
+        state["refining"] = True  # the user cancels as the refinement pass begins
+        return refine_object(*args, **kwargs)
+
+    def count_batch(*_: Any) -> None:
+        state["batches"] += 1
+
+    predictor.refine_object = refine_and_note  # type: ignore[method-assign]
+    refiner.register_forward_pre_hook(count_batch)
+    steps = list(
+        Engine(predictor).propagate(
+            tagged_volume(40),
+            (1.0, 1.0, 1.0),
+            MaskPrompt(20, truth[20]),
+            should_stop=lambda: state["refining"],
+        )
+    )
+    assert state["refining"] and state["batches"] == 0
+    assert "refined" not in {step.direction for step in steps}
+
+
 class RefiningOracle(OraclePredictor):
     """The oracle plus a scripted "refiner": it widens every slice by one column, adds a blob on a slice far
     from the object (not connected to it) and records which slices it was told to keep."""
@@ -81,7 +130,7 @@ class RefiningOracle(OraclePredictor):
         super().__init__(truth)
         self.kept: list[int] = []
 
-    def refine_object(self, volume, mask, keep=()):
+    def refine_object(self, volume, mask, keep=(), should_stop=None):
         self.kept = list(keep)
         refined = mask.copy()
         refined[:, :, 1:] |= mask[:, :, :-1]
