@@ -100,8 +100,6 @@ class LearnedPredictor:
         ``overlapping_guides``: the propagation loop predicts every slice from its two nearest guides and
         averages them (``ml/propagation.py``); with ``flip_averaging`` the guides alternate plain and
         mirrored views, so the work per slice stays that of flip averaging."""
-        if box2mask.config.input_size != propmask.config.input_size:
-            raise ValueError("Box2Mask and PropMask must share one input size")
         self.device = torch.device(device) if device is not None else default_device()
         self.box2mask = box2mask.to(self.device).eval()
         if corrections_box2mask is not None and corrections_box2mask.config != box2mask.config:
@@ -112,7 +110,10 @@ class LearnedPredictor:
         self.propmask = propmask.to(self.device).eval()
         self.refiner = refiner.to(self.device).eval() if refiner is not None else None
         self.metadata = dict(metadata or {})
-        self.input_size = propmask.config.input_size
+        # Box2Mask runs once per prompt, PropMask once per propagated slice: each may have its own input
+        # size (a smaller PropMask input is the cheaper loop), the crop geometry is the same.
+        self.input_size = box2mask.config.input_size
+        self.propagation_size = propmask.config.input_size
         self.flip_averaging = flip_averaging
         if not 0.0 <= present_threshold < 1.0:
             raise ValueError(f"present_threshold must be in [0, 1), got {present_threshold}")
@@ -303,7 +304,7 @@ class LearnedPredictor:
             raise ValueError(f"targets are {targets.shape[1:]} slices, the guide is {guide_image.shape}")
         if not guide_mask.any():
             raise ValueError("guide_mask is empty: nothing to propagate")
-        size = self.input_size
+        size = self.propagation_size
         crop = square_crop(box_of_mask(guide_mask), CROP_SCALE)
         guide = images_to_network(guide_image[None], crop, window, size)[None].to(self.device)
         guide_net_mask = masks_to_network(guide_mask[None], crop, size)[None].to(self.device)

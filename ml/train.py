@@ -944,9 +944,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--networks",
-        choices=("both", "box2mask"),
+        choices=("both", "box2mask", "propmask"),
         default="both",
-        help="which networks train; box2mask = a Box2Mask step every step, PropMask left as it is",
+        help="which networks train; box2mask = a Box2Mask step every step, PropMask left as it is; "
+        "propmask = PropMask only, Box2Mask left as it is",
+    )
+    parser.add_argument(
+        "--propmask-input-size",
+        type=int,
+        default=None,
+        help="PropMask input side in px for a new run (e.g. 64: about half the work per propagated slice); "
+        "the convolution and attention weights do not depend on it, so --init-weights carries over",
     )
     parser.add_argument(
         "--box2mask-corrections",
@@ -992,6 +1000,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--anneal-fraction must be in (0, 1], got {args.anneal_fraction}")
     if not 0.0 <= args.box2mask_corrections <= 1.0:
         parser.error(f"--box2mask-corrections must be in [0, 1], got {args.box2mask_corrections}")
+    if args.propmask_input_size is not None and args.resume:
+        parser.error("--propmask-input-size applies to a new run; a resumed run keeps its checkpoint's size")
     try:
         if not args.pseudo_sources:
             args.pseudo_weight = 0.0
@@ -1055,6 +1065,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trained_seconds = float(init_metadata.get("trained_seconds", 0.0))
             warm_from = step  # a warm-up for the fresh optimizer moments
             log(f"initialised from {args.init_weights} (step {step}, {trained_seconds / 3600:.2f} h trained)")
+        if args.propmask_input_size is not None:
+            resized = dataclasses.replace(propmask.config, input_size=args.propmask_input_size)
+            propmask.config = resized  # validated by the config itself (divisible by 2**(stages-1))
+            log(f"PropMask input size {resized.input_size} px")
     box2mask.to(device).train()
     propmask.to(device).train()
     optimizers = {
@@ -1085,7 +1099,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
     )
-    log(f"validation on {len(validation_volumes)} cases; box2mask {box_config}; propmask {prop_config}")
+    log(
+        f"validation on {len(validation_volumes)} cases; box2mask {box2mask.config}; propmask {propmask.config}"
+    )
 
     def metadata() -> dict[str, Any]:
         return {
@@ -1149,9 +1165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         losses: dict[str, float] = {}
-        if args.networks == "both":
+        if args.networks in ("both", "propmask"):
             losses.update(propmask_step(propmask, optimizers["propmask"], sampler, device, args.tasks))
-        if args.networks == "box2mask" or step % args.box_every == 0:
+        if args.networks == "box2mask" or (args.networks == "both" and step % args.box_every == 0):
             inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
             box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))
             optimizers["box2mask"].zero_grad(set_to_none=True)

@@ -109,6 +109,32 @@ def test_prompt_mask_accepts_box_clicks_and_prior(predictor, slice_and_mask) -> 
         assert result.shape == image.shape and result.dtype == bool
 
 
+def test_propmask_may_take_a_smaller_input_than_box2mask(slice_and_mask) -> None:
+    import dataclasses
+
+    from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+    from ml.networks import Box2Mask, PropMask
+
+    torch.manual_seed(0)
+    seen: dict[str, tuple[int, ...]] = {}
+    box2mask = Box2Mask(TINY_BOX2MASK)
+    propmask = PropMask(dataclasses.replace(TINY_PROPMASK, input_size=16))
+    box2mask.register_forward_hook(
+        lambda _m, inputs, _o: seen.__setitem__("box2mask", tuple(inputs[0].shape))
+    )
+    propmask.register_forward_hook(
+        lambda _m, inputs, _o: seen.__setitem__("propmask", tuple(inputs[0].shape))
+    )
+    predictor = LearnedPredictor(box2mask, propmask, "cpu")
+    image, mask = slice_and_mask
+
+    prompt = predictor.prompt_mask(image, (0.8, 0.8), box=(20, 30, 39, 54))
+    probabilities = predictor.propagate(image, mask, np.stack([image] * 3), Window(-1, 6), (1.0, 1.0))
+
+    assert prompt.shape == (70, 90) and probabilities.shape == (3, 70, 90)
+    assert seen["box2mask"][-2:] == (32, 32) and seen["propmask"][-2:] == (16, 16)
+
+
 def test_a_corrections_network_answers_corrections_and_only_corrections(slice_and_mask) -> None:
     from ml.config import TINY_BOX2MASK, TINY_PROPMASK
     from ml.networks import Box2Mask, PropMask

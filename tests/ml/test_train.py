@@ -210,6 +210,44 @@ def test_a_box2mask_only_run_leaves_propmask_untouched(tmp_path: pathlib.Path) -
     )
 
 
+def test_a_propmask_only_run_at_a_smaller_input_keeps_box2mask_and_saves_the_new_size(
+    tmp_path: pathlib.Path,
+) -> None:
+    from ml.checkpoint import export_weights, load_weights
+
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    train.main([*common, "--run", str(tmp_path / "old"), "--max-steps", "2"])
+    shipped = export_weights(tmp_path / "old" / "last.pt", tmp_path / "weights")
+    box_before, prop_before, _ = load_weights(shipped)
+    assert prop_before.config.input_size == 32
+
+    small_run = ["--run", str(tmp_path / "small"), "--max-steps", "2", "--init-weights", str(shipped)]
+    result = train.main([*common, *small_run, "--networks", "propmask", "--propmask-input-size", "16"])
+
+    box_after, prop_after, _ = load_weights(tmp_path / "small" / "last.pt")
+    assert "box" not in result["running_loss"] and "prop" in result["running_loss"]
+    assert prop_after.config.input_size == 16 and box_after.config.input_size == 32
+    for name, value in box_before.state_dict().items():
+        assert torch.equal(value, box_after.state_dict()[name]), name
+    assert any(
+        not torch.equal(value, prop_after.state_dict()[name])
+        for name, value in prop_before.state_dict().items()
+    )
+
+
+def test_a_propmask_input_size_is_refused_for_a_resumed_run_or_a_size_the_stages_cannot_halve(
+    tmp_path: pathlib.Path,
+) -> None:
+    with pytest.raises(SystemExit):
+        train.parse_args(["--resume", "--propmask-input-size", "64"])
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--data-dir", str(tmp_path / "no-data")]
+    with pytest.raises(ValueError, match="divisible"):
+        train.main(
+            [*common, "--run", str(tmp_path / "odd"), "--propmask-input-size", "20", "--max-steps", "1"]
+        )
+
+
 def test_a_corrections_only_sampler_gives_every_sample_a_mask_to_correct() -> None:
     rng = np.random.default_rng(4)
     volumes = {"synthetic": [object_volume(synthetic_case(rng, f"c{i}")) for i in range(3)]}
