@@ -242,6 +242,17 @@ def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, b
     )
 
 
+def replace_propmask(weights_file: pathlib.Path, training_state: pathlib.Path) -> None:
+    """Replace the PropMask of ``weights_file`` by the PropMask of ``training_state`` (a ``python -m
+    ml.train --networks propmask`` fine-tune, possibly at another input size: its config comes with it);
+    Box2Mask, the corrections network and the slice refiner stay as they were."""
+    box2mask, _, corrections, metadata = load_all_weights(weights_file)
+    refiner = load_refiner(weights_file)
+    _, tuned, tuned_metadata = load_weights(training_state)
+    metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
+    save_weights(weights_file, box2mask, tuned, metadata, corrections_box2mask=corrections, refiner=refiner)
+
+
 def attach_refiner(weights_file: pathlib.Path, refiner_state: pathlib.Path) -> None:
     """Store the slice refiner of a ``python -m ml.train_refiner`` state in ``weights_file`` (float16);
     everything else in the file stays as it was."""
@@ -294,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
             default=1.0,
             help="share of the fine-tuned weights; the rest is the file's own Box2Mask (default 1.0)",
         )
+    replace_propmask_command = commands.add_parser(
+        "replace-propmask", help="a training state's PropMask -> the PropMask of a weights file"
+    )
+    replace_propmask_command.add_argument("weights_file", type=pathlib.Path)
+    replace_propmask_command.add_argument("training_state", type=pathlib.Path)
     attach_refiner_command = commands.add_parser(
         "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
     )
@@ -310,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--blend must be in (0, 1], got {args.blend}")
         store, _ = box2mask_commands[args.command]
         store(args.weights_file, args.training_state, args.blend)
+        print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
+    elif args.command == "replace-propmask":
+        replace_propmask(args.weights_file, args.training_state)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-refiner":
         attach_refiner(args.weights_file, args.refiner_state)

@@ -15,6 +15,7 @@ from ml.checkpoint import (
     load_training_state,
     load_weights,
     replace_box2mask,
+    replace_propmask,
     save_training_state,
     save_weights,
 )
@@ -206,3 +207,47 @@ def test_a_blended_first_prompt_box2mask_lies_halfway_and_a_bad_blend_changes_no
     blended = load_all_weights(tmp_path / WEIGHTS_FILE)[0].state_dict()[name]
     expected = 0.5 * box2mask.state_dict()[name] + 0.5 * fine_tuned.state_dict()[name]
     torch.testing.assert_close(blended, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_replacing_propmask_keeps_both_box2masks_and_carries_the_new_input_size(
+    tmp_path: pathlib.Path,
+) -> None:
+    import dataclasses
+
+    box2mask, corrections = Box2Mask(BOX), Box2Mask(BOX)
+    save_weights(
+        tmp_path / WEIGHTS_FILE,
+        box2mask,
+        PropMask(PROP),
+        {"step": 5},
+        half=False,
+        corrections_box2mask=corrections,
+    )
+    smaller = PropMask(dataclasses.replace(PROP, input_size=16))
+    save_training_state(tmp_path / "tuned.pt", Box2Mask(BOX), smaller, {}, 9, {"command": "c"}, {})
+
+    replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
+
+    loaded_box, loaded_prop, loaded_corrections, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    assert loaded_prop.config.input_size == 16 and loaded_box.config.input_size == 32
+    generator = torch.Generator().manual_seed(0)
+    guide, adjacent = (
+        torch.randn(1, 1, 16, 16, generator=generator),
+        torch.randn(1, 3, 16, 16, generator=generator),
+    )
+    mask = (torch.rand(1, 1, 16, 16, generator=generator) > 0.5).float()
+    box_inputs = _inputs()[3]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded_prop.eval()(guide, mask, adjacent).masks[0],
+            smaller.eval()(guide, mask, adjacent).masks[0],
+            rtol=0.05,
+            atol=0.05,
+        )
+        close = {"rtol": 0.05, "atol": 0.05}  # the file stores float16
+        torch.testing.assert_close(loaded_box.eval()(box_inputs)[0], box2mask.eval()(box_inputs)[0], **close)
+        assert loaded_corrections is not None
+        torch.testing.assert_close(
+            loaded_corrections.eval()(box_inputs)[0], corrections.eval()(box_inputs)[0], **close
+        )
+    assert metadata["step"] == 5 and metadata["propmask_fine_tune"]["step"] == 9
