@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.checkpoint import WEIGHTS_FILE
 from ml.learned import LearnedPredictor, load_learned_predictor
 from ml.predictor import Window
 from ml.propagation import (
@@ -175,16 +176,26 @@ def time_object(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray
 
 
 def run(
-    slices: int = MAX_CHUNK_SLICES, paper_slices: int = 4, repeats: int = 3, size: int = 256, threads: int = 2
+    slices: int = MAX_CHUNK_SLICES,
+    paper_slices: int = 4,
+    repeats: int = 3,
+    size: int = 256,
+    threads: int = 2,
+    weights_dir: pathlib.Path | None = None,
 ) -> dict[str, Any]:
-    """All figures as a dict (see the module docstring)."""
+    """All figures as a dict (see the module docstring). ``weights_dir``: time a candidate weights folder
+    instead of ``ml/weights`` (it must hold weights: a candidate is never replaced by an untrained network)."""
     torch.set_num_threads(threads)
-    try:
-        shipped = load_learned_predictor(device="cpu")
-        shipped_source = "ml/weights (trained)"
-    except FileNotFoundError:
-        shipped = LearnedPredictor.from_untrained("fast", "cpu")
-        shipped_source = "FAST preset, untrained (no shipped weights found)"
+    if weights_dir is not None:
+        shipped = load_learned_predictor(weights_dir, device="cpu")
+        shipped_source = f"{weights_dir} (trained)"
+    else:
+        try:
+            shipped = load_learned_predictor(device="cpu")
+            shipped_source = "ml/weights (trained)"
+        except FileNotFoundError:
+            shipped = LearnedPredictor.from_untrained("fast", "cpu")
+            shipped_source = "FAST preset, untrained (no shipped weights found)"
     paper = LearnedPredictor.from_untrained("paper", "cpu")
     image, mask = generated_volume(101, size)
     shipped_ms = time_loop_slice(shipped, image, mask, slices, repeats)
@@ -235,10 +246,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--size", type=int, default=256, help="slice height and width of the generated volume"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--weights", type=pathlib.Path, default=None, help="weights folder to time (default ml/weights)"
+    )
     args = parser.parse_args(argv)
     if min(args.slices, args.paper_slices, args.repeats) < 1 or args.size < 32:
         parser.error("--slices, --paper-slices and --repeats must be >= 1 and --size >= 32")
-    figures = run(args.slices, args.paper_slices, args.repeats, args.size, args.threads)
+    if args.weights is not None and not (args.weights / WEIGHTS_FILE).is_file():
+        parser.error(f"no weights file {WEIGHTS_FILE} in {args.weights}")
+    figures = run(args.slices, args.paper_slices, args.repeats, args.size, args.threads, args.weights)
     how = [
         name
         for name, used in (

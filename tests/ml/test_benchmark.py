@@ -47,3 +47,24 @@ def test_benchmark_prints_and_writes_both_configurations(tmp_path: pathlib.Path,
     assert figures["total_ms_per_slice"] >= figures["shipped_ms_per_slice"]
     # The shipped loop calibrates each object's threshold once; its cost per object is reported.
     assert "threshold calibration" in printed and figures["calibration_ms_per_object"] > 0
+
+
+def test_a_candidate_weights_folder_is_timed_instead_of_the_shipped_one(
+    tmp_path: pathlib.Path, capsys
+) -> None:
+    import pytest
+
+    from ml.checkpoint import WEIGHTS_FILE, save_weights
+    from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+    from ml.networks import Box2Mask, PropMask
+
+    with pytest.raises(SystemExit):
+        benchmark.main(["--weights", str(tmp_path / "empty")])
+    assert "no weights file" in capsys.readouterr().err
+
+    save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(TINY_BOX2MASK), PropMask(TINY_PROPMASK), {"step": 1})
+    quick = ["--slices", "2", "--paper-slices", "1", "--repeats", "1", "--size", "48", "--threads", "1"]
+    figures = benchmark.main([*quick, "--weights", str(tmp_path)])
+
+    assert figures["shipped_source"].startswith(str(tmp_path))
+    assert figures["shipped_config"] == TINY_PROPMASK.to_dict()
