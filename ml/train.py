@@ -55,7 +55,7 @@ from ml.data import (
     synthetic_case,
 )
 from ml.learned import LearnedPredictor
-from ml.networks import Box2Mask, PropMask
+from ml.networks import Box2Mask, PropMask, PropMaskOutput
 from ml.predictor import window_from_mask
 from ml.preprocess import (
     CropBox,
@@ -602,6 +602,76 @@ def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.dev
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Distillation: a cheaper PropMask (a smaller input) learns from the shipped one on the same tasks
+
+
+def resized_batch(batch: PropBatch, size: int) -> PropBatch:
+    """``batch`` shown at ``size`` px: images and targets area-averaged (targets stay soft, as the true
+    fraction of each coarse pixel), guide and source masks area-averaged and cut at one half (the network
+    is given 0/1 guides at inference); ``present`` and ``rollout`` as they are."""
+
+    def area(images: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(images, size=(size, size), mode="area")
+
+    return PropBatch(
+        guide=area(batch.guide),
+        guide_mask=(area(batch.guide_mask) >= 0.5).float(),
+        adjacent=area(batch.adjacent),
+        target=area(batch.target),
+        present=batch.present,
+        source=area(batch.source),
+        source_mask=(area(batch.source_mask) >= 0.5).float(),
+        rollout=batch.rollout,
+    )
+
+
+@dataclass
+class TeacherAnswer:
+    """The teacher's probabilities for a student's batch: ``masks (B, K, s, s)`` at the student's size
+    ``s``, ``present (B, K)`` (None when the teacher has no present head)."""
+
+    masks: torch.Tensor
+    present: torch.Tensor | None
+
+
+@torch.no_grad()
+def teacher_answer(
+    teacher: PropMask, seen_by_teacher: PropBatch, student_batch: PropBatch, device: torch.device
+) -> TeacherAnswer:
+    """Run ``teacher`` on the tasks at its own size. A rollout task's guide is the one the student was given
+    (its own prediction, enlarged), so both answer the same question."""
+    size = teacher.config.input_size
+    enlarged = F.interpolate(student_batch.guide_mask, size=(size, size), mode="nearest")
+    guide_mask = torch.where(student_batch.rollout[:, None, None, None], enlarged, seen_by_teacher.guide_mask)
+    output = teacher(
+        seen_by_teacher.guide.to(device),
+        guide_mask.to(device),
+        seen_by_teacher.adjacent.to(device),
+        all_heads=False,
+    )
+    masks = F.interpolate(torch.sigmoid(output.masks[0]), size=student_batch.target.shape[-2:], mode="area")
+    present = torch.sigmoid(output.present) if output.present is not None else None
+    return TeacherAnswer(masks=masks, present=present)
+
+
+def bernoulli_kl(student_logits: torch.Tensor, teacher_probabilities: torch.Tensor) -> torch.Tensor:
+    """Mean over elements of KL(teacher || student) between per-element Bernoulli distributions: zero
+    exactly when the student gives the teacher's probabilities (a soft-target cross-entropy is not)."""
+    p = teacher_probabilities
+    teacher_negative_entropy = torch.special.xlogy(p, p) + torch.special.xlogy(1.0 - p, 1.0 - p)
+    cross = p * F.logsigmoid(student_logits) + (1.0 - p) * F.logsigmoid(-student_logits)
+    return (teacher_negative_entropy - cross).mean()
+
+
+def distillation_loss(output: PropMaskOutput, answer: TeacherAnswer) -> torch.Tensor:
+    """KL to the teacher's finest mask, plus half the KL to its object-present call (as in the main loss)."""
+    loss = bernoulli_kl(output.masks[0], answer.masks)
+    if output.present is not None and answer.present is not None:
+        loss = loss + 0.5 * bernoulli_kl(output.present, answer.present)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Loss
 
 
@@ -611,10 +681,21 @@ def propmask_step(
     sampler: TaskSampler,
     device: torch.device,
     tasks: int = 8,
+    teacher: PropMask | None = None,
+    distill_weight: float = 1.0,
 ) -> dict[str, float]:
-    """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses."""
+    """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses.
+
+    With a ``teacher`` (a frozen PropMask at an input size >= the student's), the tasks are drawn at the
+    teacher's size, shown to the student area-downsampled (``resized_batch``), and ``distill_weight`` x
+    ``distillation_loss`` is added to the loss against the true masks."""
     config = propmask.config
-    batch = sampler.propmask_batch(tasks, config.adjacent_slices, config.input_size)
+    if teacher is None:
+        seen_by_teacher = None
+        batch = sampler.propmask_batch(tasks, config.adjacent_slices, config.input_size)
+    else:
+        seen_by_teacher = sampler.propmask_batch(tasks, config.adjacent_slices, teacher.config.input_size)
+        batch = resized_batch(seen_by_teacher, config.input_size)
     rollout_guides = apply_rollout_guides(propmask, batch, device)
     output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
     mask_loss = segmentation_loss(output.masks, batch.target.to(device))
@@ -624,11 +705,16 @@ def propmask_step(
         else torch.zeros(())
     )
     loss = mask_loss + 0.5 * present_loss
+    losses = {"prop": mask_loss.item(), "present": present_loss.item(), "rollout": float(rollout_guides)}
+    if teacher is not None and seen_by_teacher is not None:
+        distill = distillation_loss(output, teacher_answer(teacher, seen_by_teacher, batch, device))
+        loss = loss + distill_weight * distill
+        losses["distill"] = distill.item()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(propmask.parameters(), 12.0)
     optimizer.step()
-    return {"prop": mask_loss.item(), "present": present_loss.item(), "rollout": float(rollout_guides)}
+    return losses
 
 
 def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -992,6 +1078,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="validation cases used during training",
     )
     parser.add_argument(
+        "--teacher",
+        type=pathlib.Path,
+        default=None,
+        help="distil PropMask from this weights file's or training state's PropMask (frozen; its input size "
+        "must be >= the student's): tasks are drawn at the teacher's size and shown to the student "
+        "downsampled",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        help="weight of the distillation term (a per-pixel mean KL, so small next to Dice + BCE)",
+    )
+    parser.add_argument(
         "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
     )
     args = parser.parse_args(argv)
@@ -1002,6 +1102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--box2mask-corrections must be in [0, 1], got {args.box2mask_corrections}")
     if args.propmask_input_size is not None and args.resume:
         parser.error("--propmask-input-size applies to a new run; a resumed run keeps its checkpoint's size")
+    if args.teacher is not None and args.networks == "box2mask":
+        parser.error("--teacher distils PropMask; --networks box2mask trains no PropMask")
+    if args.distill_weight <= 0.0:
+        parser.error(f"--distill-weight must be > 0, got {args.distill_weight}")
+    if args.teacher is not None and not args.teacher.is_file():
+        parser.error(f"--teacher {args.teacher}: no such file")
     try:
         if not args.pseudo_sources:
             args.pseudo_weight = 0.0
@@ -1069,6 +1175,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             resized = dataclasses.replace(propmask.config, input_size=args.propmask_input_size)
             propmask.config = resized  # validated by the config itself (divisible by 2**(stages-1))
             log(f"PropMask input size {resized.input_size} px")
+    teacher = None
+    if args.teacher is not None:
+        _, teacher, _ = load_weights(args.teacher)
+        if teacher.config.input_size < propmask.config.input_size:
+            raise ValueError(
+                f"the teacher's input ({teacher.config.input_size} px) is smaller than the student's "
+                f"({propmask.config.input_size} px): it would see less than the network it teaches"
+            )
+        teacher.to(device).eval().requires_grad_(False)
+        log(
+            f"distilling PropMask from {args.teacher} ({teacher.config.input_size} px, {teacher.config.widths})"
+        )
     box2mask.to(device).train()
     propmask.to(device).train()
     optimizers = {
@@ -1116,6 +1234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "preset": args.preset,
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
+            "teacher": str(args.teacher) if args.teacher is not None else None,
+            "distill_weight": args.distill_weight if args.teacher is not None else None,
             "hardware": f"{device.type}, {torch.get_num_threads()} threads",
             "command": " ".join(sys.argv),
         }
@@ -1166,7 +1286,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 group["lr"] = lr
         losses: dict[str, float] = {}
         if args.networks in ("both", "propmask"):
-            losses.update(propmask_step(propmask, optimizers["propmask"], sampler, device, args.tasks))
+            losses.update(
+                propmask_step(
+                    propmask,
+                    optimizers["propmask"],
+                    sampler,
+                    device,
+                    args.tasks,
+                    teacher=teacher,
+                    distill_weight=args.distill_weight,
+                )
+            )
         if args.networks == "box2mask" or (args.networks == "both" and step % args.box_every == 0):
             inputs, box_target = sampler.box2mask_batch(args.box_samples, size)
             box_loss = segmentation_loss(box2mask(inputs.to(device)), box_target.to(device))

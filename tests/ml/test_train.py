@@ -248,6 +248,85 @@ def test_a_propmask_input_size_is_refused_for_a_resumed_run_or_a_size_the_stages
         )
 
 
+def test_a_student_that_answers_like_its_teacher_has_no_distillation_loss(sampler: train.TaskSampler) -> None:
+    torch.manual_seed(0)
+    teacher = PropMask(TINY_PROPMASK).eval()
+    seen_by_teacher = sampler.propmask_batch(3, 2, 32)
+    same_size = train.resized_batch(seen_by_teacher, 32)
+    answer = train.teacher_answer(teacher, seen_by_teacher, same_size, torch.device("cpu"))
+    student = PropMask(TINY_PROPMASK).eval()
+    student.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        own = student(same_size.guide, same_size.guide_mask, same_size.adjacent, all_heads=False)
+        next(student.parameters()).add_(0.5)
+        changed = student(same_size.guide, same_size.guide_mask, same_size.adjacent, all_heads=False)
+
+    assert abs(float(train.distillation_loss(own, answer))) < 1e-5
+    assert float(train.distillation_loss(changed, answer)) > 1e-3
+
+
+def test_a_downsampled_task_keeps_binary_guides_and_the_objects_area(sampler: train.TaskSampler) -> None:
+    batch = sampler.propmask_batch(4, 2, 32)
+    small = train.resized_batch(batch, 16)
+
+    assert small.guide.shape == (4, 1, 16, 16) and small.adjacent.shape == (4, 2, 16, 16)
+    assert set(torch.unique(small.guide_mask).tolist()) <= {0.0, 1.0}
+    # A coarse pixel's target is the share of the object in it, so the object keeps its area.
+    assert torch.allclose(small.target.sum(dim=(2, 3)) * 4, batch.target.sum(dim=(2, 3)))
+    assert torch.equal(small.present, batch.present)
+
+
+def test_a_distilled_run_trains_a_smaller_propmask_and_records_its_teacher(tmp_path: pathlib.Path) -> None:
+    from ml.checkpoint import export_weights, load_training_state, load_weights
+
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    train.main([*common, "--run", str(tmp_path / "old"), "--max-steps", "2"])
+    shipped = export_weights(tmp_path / "old" / "last.pt", tmp_path / "weights")
+    teacher_before = load_weights(shipped)[1].state_dict()
+    student_run = ["--run", str(tmp_path / "student"), "--max-steps", "2", "--init-weights", str(shipped)]
+    student_run += ["--networks", "propmask", "--propmask-input-size", "16", "--teacher", str(shipped)]
+
+    result = train.main([*common, *student_run, "--distill-weight", "3"])
+
+    state = load_training_state(tmp_path / "student" / "last.pt")
+    assert result["running_loss"]["distill"] > 0.0
+    assert state["metadata"]["teacher"] == str(shipped) and state["metadata"]["distill_weight"] == 3.0
+    assert state["networks"][1].config.input_size == 16
+    teacher_after = load_weights(shipped)[1].state_dict()
+    assert all(torch.equal(value, teacher_after[name]) for name, value in teacher_before.items())
+    assert any(
+        not torch.equal(value, state["networks"][1].state_dict()[name])
+        for name, value in teacher_before.items()
+    )
+
+
+def test_a_teacher_is_refused_when_it_is_missing_smaller_than_the_student_or_has_nothing_to_teach(
+    tmp_path: pathlib.Path,
+) -> None:
+    from ml.checkpoint import export_weights
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--networks", "box2mask", "--teacher", str(tmp_path / "any.pt")])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--teacher", str(tmp_path / "missing.pt")])
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    train.main([*common, "--run", str(tmp_path / "old"), "--max-steps", "1"])
+    shipped = export_weights(tmp_path / "old" / "last.pt", tmp_path / "weights")
+    larger_student = [
+        "--init-weights",
+        str(shipped),
+        "--propmask-input-size",
+        "64",
+        "--teacher",
+        str(shipped),
+    ]
+    with pytest.raises(ValueError, match="smaller than the student"):
+        train.main([*common, "--run", str(tmp_path / "big"), "--max-steps", "1", *larger_student])
+    assert not (tmp_path / "big" / "last.pt").exists()
+
+
 def test_a_corrections_only_sampler_gives_every_sample_a_mask_to_correct() -> None:
     rng = np.random.default_rng(4)
     volumes = {"synthetic": [object_volume(synthetic_case(rng, f"c{i}")) for i in range(3)]}
