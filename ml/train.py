@@ -1088,8 +1088,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--distill-weight",
         type=float,
-        default=1.0,
-        help="weight of the distillation term (a per-pixel mean KL, so small next to Dice + BCE)",
+        default=None,
+        help="weight of the distillation term, with --teacher only (default 1; a per-pixel mean KL, so "
+        "small next to Dice + BCE)",
     )
     parser.add_argument(
         "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
@@ -1104,7 +1105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--propmask-input-size applies to a new run; a resumed run keeps its checkpoint's size")
     if args.teacher is not None and args.networks == "box2mask":
         parser.error("--teacher distils PropMask; --networks box2mask trains no PropMask")
-    if args.distill_weight <= 0.0:
+    if args.distill_weight is not None and args.teacher is None:
+        parser.error("--distill-weight weighs what a --teacher says; give a --teacher too")
+    if args.teacher is not None and args.distill_weight is None:
+        args.distill_weight = 1.0
+    if args.distill_weight is not None and args.distill_weight <= 0.0:
         parser.error(f"--distill-weight must be > 0, got {args.distill_weight}")
     if args.teacher is not None and not args.teacher.is_file():
         parser.error(f"--teacher {args.teacher}: no such file")
@@ -1235,7 +1240,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
             "teacher": str(args.teacher) if args.teacher is not None else None,
-            "distill_weight": args.distill_weight if args.teacher is not None else None,
+            "distill_weight": args.distill_weight,
             "hardware": f"{device.type}, {torch.get_num_threads()} threads",
             "command": " ".join(sys.argv),
         }
@@ -1294,7 +1299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     device,
                     args.tasks,
                     teacher=teacher,
-                    distill_weight=args.distill_weight,
+                    distill_weight=args.distill_weight or 1.0,
                 )
             )
         if args.networks == "box2mask" or (args.networks == "both" and step % args.box_every == 0):

@@ -301,7 +301,7 @@ def test_a_distilled_run_trains_a_smaller_propmask_and_records_its_teacher(tmp_p
     )
 
 
-def test_a_teacher_is_refused_when_it_is_missing_smaller_than_the_student_or_has_nothing_to_teach(
+def test_a_teacher_is_refused_when_it_is_missing_smaller_than_the_student_or_has_nothing_to_teach_and_a_weight_needs_one(
     tmp_path: pathlib.Path,
 ) -> None:
     from ml.checkpoint import export_weights
@@ -310,6 +310,8 @@ def test_a_teacher_is_refused_when_it_is_missing_smaller_than_the_student_or_has
         train.parse_args(["--networks", "box2mask", "--teacher", str(tmp_path / "any.pt")])
     with pytest.raises(SystemExit):
         train.parse_args(["--teacher", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--distill-weight", "3"])  # nothing to weigh without a teacher
     common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
     common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
     train.main([*common, "--run", str(tmp_path / "old"), "--max-steps", "1"])
