@@ -1031,9 +1031,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--networks",
         choices=("both", "box2mask", "propmask"),
-        default="both",
+        default=None,
         help="which networks train; box2mask = a Box2Mask step every step, PropMask left as it is; "
-        "propmask = PropMask only, Box2Mask left as it is",
+        "propmask = PropMask only, Box2Mask left as it is (default: both for a new run, the checkpoint's "
+        "choice for --resume)",
     )
     parser.add_argument(
         "--propmask-input-size",
@@ -1162,6 +1163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             warm_from = step - 150  # a short warm-up (50 steps) for the fresh head
             log(f"object-present head re-initialised to read {args.present_features!r} features")
+        if args.networks is None:
+            # A propmask-only run resumed without the flag must not start training (and so changing)
+            # the Box2Mask it was meant to keep; checkpoints older than this key trained both.
+            args.networks = str(state["metadata"].get("networks", "both"))
+        if args.teacher is None and state["metadata"].get("teacher"):
+            log(
+                f"note: this run was distilled from {state['metadata']['teacher']}; it continues without a teacher"
+            )
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -1180,6 +1189,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             resized = dataclasses.replace(propmask.config, input_size=args.propmask_input_size)
             propmask.config = resized  # validated by the config itself (divisible by 2**(stages-1))
             log(f"PropMask input size {resized.input_size} px")
+    if args.networks is None:
+        args.networks = "both"
+    if args.teacher is not None and args.networks == "box2mask":
+        raise SystemExit(f"--teacher distils PropMask; {run_dir} trains only box2mask (give --networks)")
+    log(f"training networks: {args.networks}")
     teacher = None
     if args.teacher is not None:
         _, teacher, _ = load_weights(args.teacher)
@@ -1239,6 +1253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "preset": args.preset,
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
+            "networks": args.networks,
             "teacher": str(args.teacher) if args.teacher is not None else None,
             "distill_weight": args.distill_weight,
             "hardware": f"{device.type}, {torch.get_num_threads()} threads",

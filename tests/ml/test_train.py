@@ -236,6 +236,26 @@ def test_a_propmask_only_run_at_a_smaller_input_keeps_box2mask_and_saves_the_new
     )
 
 
+def test_a_propmask_only_run_resumed_without_the_flag_still_leaves_box2mask_untouched(
+    tmp_path: pathlib.Path,
+) -> None:
+    from ml.checkpoint import load_weights
+
+    common = ["--datasets", "--synthetic", "3", "--preset", "tiny", "--tasks", "2", "--box-samples", "2"]
+    common += ["--data-dir", str(tmp_path / "no-data"), "--val-cases", "0", "0", "--minutes", "5"]
+    common += ["--run", str(tmp_path / "run")]
+    train.main([*common, "--max-steps", "2", "--networks", "propmask"])
+    box_before, _, metadata = load_weights(tmp_path / "run" / "last.pt")
+    assert metadata["networks"] == "propmask"
+
+    result = train.main([*common, "--max-steps", "3", "--resume"])
+
+    box_after, _, _ = load_weights(tmp_path / "run" / "last.pt")
+    assert result["step"] == 5 and "box" not in result["running_loss"]
+    for name, value in box_before.state_dict().items():
+        assert torch.equal(value, box_after.state_dict()[name]), name
+
+
 def test_a_propmask_input_size_is_refused_for_a_resumed_run_or_a_size_the_stages_cannot_halve(
     tmp_path: pathlib.Path,
 ) -> None:
