@@ -9,15 +9,19 @@ Two kinds of file:
   correction samples (``python -m ml.train --networks box2mask``), possibly blended with the shipped
   Box2Mask, which the predictor uses whenever it corrects an existing mask; first prompts keep the Box2Mask
   trained with PropMask; and optionally a **slice refiner** (``python -m ml.train_refiner``) that re-draws
-  a finished propagation slice by slice. ``load_all_weights`` and ``load_refiner`` rebuild float32
-  networks from it.
+  a finished propagation slice by slice; and optionally a **small-crop PropMask**, which answers the
+  propagation calls whose crop is at its smallest side (objects a few voxels across) when the main PropMask
+  is a cheaper, smaller-input one. ``load_all_weights``, ``load_refiner`` and ``load_small_crop_propmask``
+  rebuild float32 networks from it.
 
 Command line: ``python -m ml.checkpoint export ml/runs/<name>/best.pt [ml/weights]`` turns a training
 state into shipped weights (float16); ``python -m ml.checkpoint attach-corrections WEIGHTS_FILE STATE
 [--blend B]`` stores the Box2Mask of a training state (blended with the file's own) as the file's corrections
 network; ``python -m ml.checkpoint replace-box2mask WEIGHTS_FILE STATE [--blend B]`` does the same for the
 first-prompt Box2Mask; ``python -m ml.checkpoint attach-refiner WEIGHTS_FILE REFINER_STATE`` stores a
-trained slice refiner in it; ``python -m ml.checkpoint info FILE`` prints what a file holds.
+trained slice refiner in it; ``python -m ml.checkpoint replace-propmask WEIGHTS_FILE STATE
+[--keep-for-small-crops]`` swaps in a PropMask fine-tune (optionally keeping the file's PropMask for the
+small crops); ``python -m ml.checkpoint info FILE`` prints what a file holds.
 """
 
 from __future__ import annotations
@@ -125,9 +129,10 @@ def save_weights(
     half: bool = True,
     corrections_box2mask: Box2Mask | None = None,
     refiner: SliceRefiner | None = None,
+    small_crop_propmask: PropMask | None = None,
 ) -> None:
-    """Shipped weights: configs + (float16) state dicts + metadata (+ the optional corrections Box2Mask and
-    slice refiner)."""
+    """Shipped weights: configs + (float16) state dicts + metadata (+ the optional corrections Box2Mask,
+    slice refiner and small-crop PropMask)."""
     payload: dict[str, Any] = {
         "format": WEIGHTS_FORMAT,
         "box2mask": network_entry(box2mask, half=half),
@@ -140,6 +145,8 @@ def save_weights(
         payload["corrections_box2mask"] = network_entry(corrections_box2mask, half=half)
     if refiner is not None:
         payload["refiner"] = network_entry(refiner, half=half)
+    if small_crop_propmask is not None:
+        payload["small_crop_propmask"] = network_entry(small_crop_propmask, half=half)
     _atomic_save(payload, pathlib.Path(path))
 
 
@@ -177,6 +184,12 @@ def load_refiner(path: pathlib.Path) -> SliceRefiner | None:
     return build_refiner(entry) if entry is not None else None
 
 
+def load_small_crop_propmask(path: pathlib.Path) -> PropMask | None:
+    """The float32 small-crop PropMask stored in a shipped-weights file, or None when it holds none."""
+    entry = _load_payload(path).get("small_crop_propmask")
+    return build_propmask(entry) if entry is not None else None
+
+
 def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]]:
     """Rebuild float32 ``(Box2Mask, PropMask, metadata)`` (what training resumes from and exports)."""
     box2mask, propmask, _, metadata = load_all_weights(path)
@@ -211,6 +224,26 @@ def _fine_tune_record(training_state: pathlib.Path, metadata: dict[str, Any], bl
     }
 
 
+def _resave(
+    weights_file: pathlib.Path,
+    box2mask: Box2Mask,
+    propmask: PropMask,
+    metadata: dict[str, Any],
+    corrections: Box2Mask | None,
+    refiner: SliceRefiner | None,
+) -> None:
+    """Rewrite ``weights_file`` with these networks, keeping the small-crop PropMask it already holds."""
+    save_weights(
+        weights_file,
+        box2mask,
+        propmask,
+        metadata,
+        corrections_box2mask=corrections,
+        refiner=refiner,
+        small_crop_propmask=load_small_crop_propmask(weights_file),
+    )
+
+
 def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
     """Store the Box2Mask of ``training_state`` in ``weights_file`` as its corrections network (float16);
     everything else in the file stays as it was.
@@ -223,9 +256,7 @@ def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path,
     tuned, _, tuned_metadata = load_weights(training_state)
     corrections = _blended(box2mask, tuned, blend)
     metadata["corrections_box2mask"] = _fine_tune_record(training_state, tuned_metadata, blend)
-    save_weights(
-        weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
-    )
+    _resave(weights_file, box2mask, propmask, metadata, corrections, refiner)
 
 
 def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
@@ -237,20 +268,35 @@ def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, b
     tuned, _, tuned_metadata = load_weights(training_state)
     replacement = _blended(box2mask, tuned, blend)
     metadata["box2mask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, blend)
-    save_weights(
-        weights_file, replacement, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
-    )
+    _resave(weights_file, replacement, propmask, metadata, corrections, refiner)
 
 
-def replace_propmask(weights_file: pathlib.Path, training_state: pathlib.Path) -> None:
+def replace_propmask(
+    weights_file: pathlib.Path, training_state: pathlib.Path, keep_for_small_crops: bool = False
+) -> None:
     """Replace the PropMask of ``weights_file`` by the PropMask of ``training_state`` (a ``python -m
     ml.train --networks propmask`` fine-tune, possibly at another input size: its config comes with it);
-    Box2Mask, the corrections network and the slice refiner stay as they were."""
-    box2mask, _, corrections, metadata = load_all_weights(weights_file)
+    Box2Mask, the corrections network and the slice refiner stay as they were.
+
+    ``keep_for_small_crops``: the file's PropMask becomes its small-crop PropMask (see
+    ``LearnedPredictor``) instead of being dropped; otherwise the file's small-crop PropMask stays as it was.
+    """
+    box2mask, previous, corrections, metadata = load_all_weights(weights_file)
     refiner = load_refiner(weights_file)
+    small_crop = previous if keep_for_small_crops else load_small_crop_propmask(weights_file)
     _, tuned, tuned_metadata = load_weights(training_state)
     metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
-    save_weights(weights_file, box2mask, tuned, metadata, corrections_box2mask=corrections, refiner=refiner)
+    if keep_for_small_crops:
+        metadata["small_crop_propmask"] = "the PropMask this file held before propmask_fine_tune"
+    save_weights(
+        weights_file,
+        box2mask,
+        tuned,
+        metadata,
+        corrections_box2mask=corrections,
+        refiner=refiner,
+        small_crop_propmask=small_crop,
+    )
 
 
 def attach_refiner(weights_file: pathlib.Path, refiner_state: pathlib.Path) -> None:
@@ -269,9 +315,7 @@ def attach_refiner(weights_file: pathlib.Path, refiner_state: pathlib.Path) -> N
         "trained_seconds": state.get("trained_seconds"),
         "command": state.get("command"),
     }
-    save_weights(
-        weights_file, box2mask, propmask, metadata, corrections_box2mask=corrections, refiner=refiner
-    )
+    _resave(weights_file, box2mask, propmask, metadata, corrections, refiner)
 
 
 def export_weights(
@@ -310,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     replace_propmask_command.add_argument("weights_file", type=pathlib.Path)
     replace_propmask_command.add_argument("training_state", type=pathlib.Path)
+    replace_propmask_command.add_argument(
+        "--keep-for-small-crops",
+        action="store_true",
+        help="keep the file's PropMask for the calls whose crop is at its smallest side (tiny objects)",
+    )
     attach_refiner_command = commands.add_parser(
         "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
     )
@@ -328,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         store(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "replace-propmask":
-        replace_propmask(args.weights_file, args.training_state)
+        replace_propmask(args.weights_file, args.training_state, args.keep_for_small_crops)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-refiner":
         attach_refiner(args.weights_file, args.refiner_state)
@@ -340,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         print("corrections box2mask", "yes" if corrections is not None else "none (Box2Mask corrects too)")
         refiner = load_refiner(args.path) if args.path.is_file() else None
         print("slice refiner", refiner.config if refiner is not None else "none")
+        small_crop = load_small_crop_propmask(args.path) if args.path.is_file() else None
+        print("small-crop propmask", small_crop.config if small_crop is not None else "none")
         for key, value in metadata.items():
             print(f"{key}: {value}")
 

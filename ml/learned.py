@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_all_weights, load_refiner
+from ml.checkpoint import (
+    DEFAULT_WEIGHTS_DIR,
+    WEIGHTS_FILE,
+    load_all_weights,
+    load_refiner,
+    load_small_crop_propmask,
+)
 from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
 from ml.networks import Box2Mask, PropMask, SliceRefiner
 from ml.predictor import ScoredSlices, SliceClick, View, Window
@@ -84,8 +90,13 @@ class LearnedPredictor:
         refiner: SliceRefiner | None = None,
         threshold_calibration: bool = False,
         clip_to_box: bool = False,
+        small_crop_propmask: PropMask | None = None,
     ) -> None:
-        """``threshold_calibration``: the loop picks the mask threshold per object from a round trip through
+        """``small_crop_propmask``: a second PropMask that answers the calls whose crop is at its smallest
+        side (``MIN_CROP_SIDE``: objects a few voxels across, e.g. a spinal cord or a rib); ``propmask``
+        answers the rest. It lets a cheaper ``propmask`` (a smaller input) run the bulk of the slices while
+        tiny objects keep the network that handles them.
+        ``threshold_calibration``: the loop picks the mask threshold per object from a round trip through
         the network on that object's own slices (``ml.propagation.calibrated_threshold``).
         ``clip_to_box``: a box-only first prompt's mask is cut to the box (the box says where the object
         ends; a box with clicks or a correction is not cut, a click may reach past the box on purpose).
@@ -108,6 +119,9 @@ class LearnedPredictor:
             corrections_box2mask.to(self.device).eval() if corrections_box2mask is not None else None
         )
         self.propmask = propmask.to(self.device).eval()
+        self.small_crop_propmask = (
+            small_crop_propmask.to(self.device).eval() if small_crop_propmask is not None else None
+        )
         self.refiner = refiner.to(self.device).eval() if refiner is not None else None
         self.metadata = dict(metadata or {})
         # Box2Mask runs once per prompt, PropMask once per propagated slice: each may have its own input
@@ -304,8 +318,10 @@ class LearnedPredictor:
             raise ValueError(f"targets are {targets.shape[1:]} slices, the guide is {guide_image.shape}")
         if not guide_mask.any():
             raise ValueError("guide_mask is empty: nothing to propagate")
-        size = self.propagation_size
         crop = square_crop(box_of_mask(guide_mask), CROP_SCALE)
+        network, size = self.propmask, self.propagation_size
+        if self.small_crop_propmask is not None and crop.side <= MIN_CROP_SIDE:
+            network, size = self.small_crop_propmask, self.small_crop_propmask.config.input_size
         guide = images_to_network(guide_image[None], crop, window, size)[None].to(self.device)
         guide_net_mask = masks_to_network(guide_mask[None], crop, size)[None].to(self.device)
         mask_chunks, present_chunks = [], []
@@ -318,7 +334,7 @@ class LearnedPredictor:
                     inputs = tuple(item.flip(-1) for item in inputs)
                 elif view == "both":  # the crop and its mirror image in one batch
                     inputs = tuple(torch.cat([item, item.flip(-1)]) for item in inputs)
-                output = self.propmask(*inputs, all_heads=False)
+                output = network(*inputs, all_heads=False)
                 masks = torch.sigmoid(output.masks[0])  # (1 or 2, K, S, S)
                 if view == "mirrored":
                     masks = masks.flip(-1)
@@ -417,4 +433,5 @@ def load_learned_predictor(
         refiner=load_refiner(path) if slice_refinement else None,
         threshold_calibration=threshold_calibration,
         clip_to_box=clip_to_box,
+        small_crop_propmask=load_small_crop_propmask(path),
     )

@@ -68,3 +68,30 @@ def test_a_candidate_weights_folder_is_timed_instead_of_the_shipped_one(
 
     assert figures["shipped_source"].startswith(str(tmp_path))
     assert figures["shipped_config"] == TINY_PROPMASK.to_dict()
+
+
+def test_weights_with_a_small_crop_propmask_also_report_the_speed_on_objects_a_few_voxels_across(
+    tmp_path: pathlib.Path, capsys
+) -> None:
+    import dataclasses
+
+    from ml.checkpoint import WEIGHTS_FILE, save_weights
+    from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+    from ml.networks import Box2Mask, PropMask
+
+    quick = ["--slices", "2", "--paper-slices", "1", "--repeats", "1", "--size", "48", "--threads", "1"]
+    save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(TINY_BOX2MASK), PropMask(TINY_PROPMASK), {"step": 1})
+    without = benchmark.main([*quick, "--weights", str(tmp_path)])
+    assert without["small_crop_ms_per_slice"] is None and "a few voxels" not in capsys.readouterr().out
+
+    save_weights(
+        tmp_path / WEIGHTS_FILE,
+        Box2Mask(TINY_BOX2MASK),
+        PropMask(dataclasses.replace(TINY_PROPMASK, input_size=16)),
+        {"step": 1},
+        small_crop_propmask=PropMask(TINY_PROPMASK),
+    )
+    figures = benchmark.main([*quick, "--weights", str(tmp_path)])
+
+    assert "a few voxels across" in capsys.readouterr().out
+    assert figures["small_crop_total_ms_per_slice"] >= figures["small_crop_ms_per_slice"] > 0

@@ -12,6 +12,7 @@ from ml.checkpoint import (
     attach_corrections,
     export_weights,
     load_all_weights,
+    load_small_crop_propmask,
     load_training_state,
     load_weights,
     replace_box2mask,
@@ -45,6 +46,20 @@ def _outputs(box2mask: Box2Mask, propmask: PropMask) -> tuple[torch.Tensor, torc
     with torch.no_grad():
         prop = propmask.eval()(guide, mask, adjacent)
         return prop.masks[0], prop.present, box2mask.eval()(box_inputs)[0]
+
+
+def _assert_same_propmask_answers(
+    loaded: PropMask, expected: PropMask, inputs: tuple[torch.Tensor, ...] | None = None
+) -> None:
+    """Masks agree within float16 storage error on the same ``(guide, mask, adjacent)`` inputs."""
+    guide, mask, adjacent = inputs if inputs is not None else _inputs()[:3]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.eval()(guide, mask, adjacent).masks[0],
+            expected.eval()(guide, mask, adjacent).masks[0],
+            rtol=0.05,
+            atol=0.05,
+        )
 
 
 def test_weights_round_trip_rebuilds_the_same_networks(tmp_path: pathlib.Path) -> None:
@@ -171,14 +186,9 @@ def test_replacing_the_first_prompt_box2mask_keeps_propmask_and_the_corrections_
     replace_box2mask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
 
     loaded_box, loaded_prop, loaded_corrections, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
-    guide, mask, adjacent, box_inputs = _inputs()
+    _assert_same_propmask_answers(loaded_prop, propmask)
+    box_inputs = _inputs()[3]
     with torch.no_grad():
-        torch.testing.assert_close(
-            loaded_prop.eval()(guide, mask, adjacent).masks[0],
-            propmask.eval()(guide, mask, adjacent).masks[0],
-            rtol=0.05,
-            atol=0.05,
-        )
         torch.testing.assert_close(
             loaded_box.eval()(box_inputs)[0], fine_tuned.eval()(box_inputs)[0], rtol=0.05, atol=0.05
         )
@@ -236,14 +246,9 @@ def test_replacing_propmask_keeps_both_box2masks_and_carries_the_new_input_size(
         torch.randn(1, 3, 16, 16, generator=generator),
     )
     mask = (torch.rand(1, 1, 16, 16, generator=generator) > 0.5).float()
+    _assert_same_propmask_answers(loaded_prop, smaller, (guide, mask, adjacent))
     box_inputs = _inputs()[3]
     with torch.no_grad():
-        torch.testing.assert_close(
-            loaded_prop.eval()(guide, mask, adjacent).masks[0],
-            smaller.eval()(guide, mask, adjacent).masks[0],
-            rtol=0.05,
-            atol=0.05,
-        )
         close = {"rtol": 0.05, "atol": 0.05}  # the file stores float16
         torch.testing.assert_close(loaded_box.eval()(box_inputs)[0], box2mask.eval()(box_inputs)[0], **close)
         assert loaded_corrections is not None
@@ -251,3 +256,28 @@ def test_replacing_propmask_keeps_both_box2masks_and_carries_the_new_input_size(
             loaded_corrections.eval()(box_inputs)[0], corrections.eval()(box_inputs)[0], **close
         )
     assert metadata["step"] == 5 and metadata["propmask_fine_tune"]["step"] == 9
+
+
+def test_a_propmask_kept_for_small_crops_survives_every_later_rewrite_of_the_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    import dataclasses
+
+    original = PropMask(PROP)
+    save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(BOX), original, {"step": 5}, half=False)
+    assert load_small_crop_propmask(tmp_path / WEIGHTS_FILE) is None
+    smaller = PropMask(dataclasses.replace(PROP, input_size=16))
+    save_training_state(tmp_path / "tuned.pt", Box2Mask(BOX), smaller, {}, 9, {"command": "c"}, {})
+
+    replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", keep_for_small_crops=True)
+    attach_corrections(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
+    replace_box2mask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")
+
+    _, main, _, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    kept = load_small_crop_propmask(tmp_path / WEIGHTS_FILE)
+    assert main.config.input_size == 16 and kept is not None and kept.config == PROP
+    _assert_same_propmask_answers(kept, original)
+    assert "small_crop_propmask" in metadata
+
+    replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")  # without the flag: the slot stays
+    assert load_small_crop_propmask(tmp_path / WEIGHTS_FILE).config == PROP

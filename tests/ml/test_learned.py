@@ -135,6 +135,42 @@ def test_propmask_may_take_a_smaller_input_than_box2mask(slice_and_mask) -> None
     assert seen["box2mask"][-2:] == (32, 32) and seen["propmask"][-2:] == (16, 16)
 
 
+def test_a_tiny_object_is_propagated_by_the_small_crop_propmask_and_a_large_one_by_the_main_one() -> None:
+    import dataclasses
+
+    from ml.config import TINY_BOX2MASK, TINY_PROPMASK
+    from ml.networks import Box2Mask, PropMask
+
+    torch.manual_seed(0)
+    main, small_crop = PropMask(dataclasses.replace(TINY_PROPMASK, input_size=16)), PropMask(TINY_PROPMASK)
+    seen: list[tuple[str, int]] = []
+    main.register_forward_hook(lambda _m, inputs, _o: seen.append(("main", inputs[0].shape[-1])))
+    small_crop.register_forward_hook(lambda _m, inputs, _o: seen.append(("small", inputs[0].shape[-1])))
+    predictor = LearnedPredictor(Box2Mask(TINY_BOX2MASK), main, "cpu", small_crop_propmask=small_crop)
+    image = np.random.default_rng(0).normal(0, 1, (70, 90)).astype(np.float32)
+    spinal_cord_like = np.zeros((70, 90), dtype=bool)
+    spinal_cord_like[30:34, 40:44] = True  # 4 x 4 voxels: the crop stays at its 12-voxel minimum
+    organ_like = np.zeros((70, 90), dtype=bool)
+    organ_like[20:40, 30:55] = True
+
+    tiny = predictor.propagate(image, spinal_cord_like, image[None], Window(-1, 6), (1.0, 1.0))
+    assert seen == [("small", 32)]
+    seen.clear()
+    large = predictor.propagate(image, organ_like, image[None], Window(-1, 6), (1.0, 1.0))
+    assert seen == [("main", 16)]
+    assert tiny.shape == large.shape == (1, 70, 90)
+
+
+def test_shipped_small_crop_propmask_is_loaded_with_the_shipped_weights() -> None:
+    from ml.checkpoint import load_small_crop_propmask
+
+    shipped = load_learned_predictor(DEFAULT_WEIGHTS_DIR, "cpu", slice_refinement=False)
+    stored = load_small_crop_propmask(DEFAULT_WEIGHTS_DIR / WEIGHTS_FILE)
+    assert (shipped.small_crop_propmask is None) == (stored is None)
+    if stored is not None:
+        assert shipped.small_crop_propmask.config == stored.config
+
+
 def test_a_corrections_network_answers_corrections_and_only_corrections(slice_and_mask) -> None:
     from ml.config import TINY_BOX2MASK, TINY_PROPMASK
     from ml.networks import Box2Mask, PropMask
