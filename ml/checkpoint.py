@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -165,16 +166,39 @@ def load_all_weights(
 ) -> tuple[Box2Mask, PropMask, Box2Mask | None, dict[str, Any]]:
     """Rebuild float32 ``(Box2Mask, PropMask, corrections Box2Mask or None, metadata)`` from a
     shipped-weights or training-state file (a training state never holds a corrections network)."""
+    networks = load_shipped_networks(path)
+    return networks.box2mask, networks.propmask, networks.corrections_box2mask, networks.metadata
+
+
+@dataclass
+class ShippedNetworks:
+    """Everything a weights file holds, rebuilt in float32 from one read of the file (a training state
+    holds only Box2Mask and PropMask; its ``metadata`` gets its ``step``)."""
+
+    box2mask: Box2Mask
+    propmask: PropMask
+    corrections_box2mask: Box2Mask | None
+    refiner: SliceRefiner | None
+    small_crop_propmask: PropMask | None
+    metadata: dict[str, Any]
+
+
+def load_shipped_networks(path: pathlib.Path) -> ShippedNetworks:
+    """All networks of a shipped-weights or training-state file (what the predictor starts from)."""
     payload = _load_payload(path)
     metadata = dict(payload.get("metadata", {}))
     if payload["format"] == TRAINING_FORMAT:
         metadata["step"] = payload["step"]
-    corrections = payload.get("corrections_box2mask")
-    return (
-        build_box2mask(payload["box2mask"]),
-        build_propmask(payload["propmask"]),
-        build_box2mask(corrections) if corrections is not None else None,
-        metadata,
+    corrections, refiner, small_crop = (
+        payload.get(key) for key in ("corrections_box2mask", "refiner", "small_crop_propmask")
+    )
+    return ShippedNetworks(
+        box2mask=build_box2mask(payload["box2mask"]),
+        propmask=build_propmask(payload["propmask"]),
+        corrections_box2mask=build_box2mask(corrections) if corrections is not None else None,
+        refiner=build_refiner(refiner) if refiner is not None else None,
+        small_crop_propmask=build_propmask(small_crop) if small_crop is not None else None,
+        metadata=metadata,
     )
 
 
@@ -383,15 +407,15 @@ def main(argv: list[str] | None = None) -> None:
         attach_refiner(args.weights_file, args.refiner_state)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     else:
-        box2mask, propmask, corrections, metadata = load_all_weights(args.path)
-        print("box2mask", box2mask.config)
-        print("propmask", propmask.config)
+        networks = load_shipped_networks(args.path)
+        print("box2mask", networks.box2mask.config)
+        print("propmask", networks.propmask.config)
+        corrections = networks.corrections_box2mask
         print("corrections box2mask", "yes" if corrections is not None else "none (Box2Mask corrects too)")
-        refiner = load_refiner(args.path) if args.path.is_file() else None
+        refiner, small_crop = networks.refiner, networks.small_crop_propmask
         print("slice refiner", refiner.config if refiner is not None else "none")
-        small_crop = load_small_crop_propmask(args.path) if args.path.is_file() else None
         print("small-crop propmask", small_crop.config if small_crop is not None else "none")
-        for key, value in metadata.items():
+        for key, value in networks.metadata.items():
             print(f"{key}: {value}")
 
 

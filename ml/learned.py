@@ -15,13 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.checkpoint import (
-    DEFAULT_WEIGHTS_DIR,
-    WEIGHTS_FILE,
-    load_all_weights,
-    load_refiner,
-    load_small_crop_propmask,
-)
+from ml.checkpoint import DEFAULT_WEIGHTS_DIR, WEIGHTS_FILE, load_shipped_networks
 from ml.config import CROP_SCALE, MIN_CROP_SIDE, PRESETS, Box2MaskConfig, PropMaskConfig
 from ml.networks import Box2Mask, PropMask, SliceRefiner
 from ml.predictor import ScoredSlices, SliceClick, View, Window
@@ -421,17 +415,17 @@ def load_learned_predictor(
             f"learned weights not found at {path}; train with `python -m ml.train` and export with "
             f"`python -m ml.checkpoint export ml/runs/<name>/best.pt`, or use the classical engine"
         )
-    box2mask, propmask, corrections_box2mask, metadata = load_all_weights(path)
+    networks = load_shipped_networks(path)
     return LearnedPredictor(
-        box2mask,
-        propmask,
+        networks.box2mask,
+        networks.propmask,
         device,
-        metadata,
+        networks.metadata,
         flip_averaging=flip_averaging,
         overlapping_guides=overlapping_guides,
-        corrections_box2mask=corrections_box2mask,
-        refiner=load_refiner(path) if slice_refinement else None,
+        corrections_box2mask=networks.corrections_box2mask,
+        refiner=networks.refiner if slice_refinement else None,
         threshold_calibration=threshold_calibration,
         clip_to_box=clip_to_box,
-        small_crop_propmask=load_small_crop_propmask(path),
+        small_crop_propmask=networks.small_crop_propmask,
     )
