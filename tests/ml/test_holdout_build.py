@@ -1,0 +1,62 @@
+"""scripts/build_holdout_ct.py turns the shared 20-slice CT series into a data set ml.evaluate can read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from ml.objects import find_objects, label_names, list_cases, load_case
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "build_holdout_ct.py"
+
+
+@pytest.fixture(scope="module")
+def builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_holdout_ct", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_built_set_puts_the_labels_on_the_ct_voxels_they_were_drawn_on(
+    builder, shared_data, tmp_path
+) -> None:
+    dataset = builder.build(shared_data, tmp_path)
+
+    (case,) = list_cases(dataset)
+    loaded = load_case(case)
+    assert loaded.image.shape == (20, 512, 512)
+    assert loaded.spacing == pytest.approx((2.0, 0.9765625, 0.9765625))
+    names = label_names(dataset)
+    liver = next(value for value, name in names.items() if name == "liver")
+    # The label file is stored y-flipped: only a world-space alignment puts the liver on liver tissue.
+    assert loaded.image[loaded.labels == liver].mean() == pytest.approx(89, abs=5)
+    assert len(np.unique(loaded.labels)) - 1 == 31
+    assert len(find_objects(loaded.labels)) >= 31
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert "silver" in meta["label_origin"]
+
+
+def test_a_label_that_lands_on_the_wrong_tissue_is_refused(
+    builder, shared_data, tmp_path, monkeypatch
+) -> None:
+    aligned = builder.align_label
+
+    def naive_overlay(*args, **kwargs) -> np.ndarray:
+        return aligned(*args, **kwargs)[:, ::-1, :]  # what ignoring the file's direction matrix gives
+
+    monkeypatch.setattr(builder, "align_label", naive_overlay)
+    with pytest.raises(SystemExit, match="label misaligned"):
+        builder.build(shared_data, tmp_path)
+    assert not (tmp_path / builder.DATASET_NAME).exists(), "nothing is written for a misaligned label"
+
+
+def test_a_missing_shared_folder_is_named(builder, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="not found"):
+        builder.build(tmp_path / "nowhere", tmp_path / "out")
