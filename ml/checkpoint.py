@@ -303,15 +303,23 @@ def replace_propmask(
     Box2Mask, the corrections network and the slice refiner stay as they were.
 
     ``keep_for_small_crops``: the file's PropMask becomes its small-crop PropMask (see
-    ``LearnedPredictor``) instead of being dropped; otherwise the file's small-crop PropMask stays as it was.
+    ``LearnedPredictor``) instead of being dropped; otherwise the file's small-crop PropMask stays as it was
+    and the replaced PropMask's ``propmask_fine_tune`` record moves to ``propmask_history``.
     """
     box2mask, previous, corrections, metadata = load_all_weights(weights_file)
     refiner = load_refiner(weights_file)
     small_crop = previous if keep_for_small_crops else load_small_crop_propmask(weights_file)
     _, tuned, tuned_metadata = load_weights(training_state)
-    metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
     if keep_for_small_crops:
-        metadata["small_crop_propmask"] = "the PropMask this file held before propmask_fine_tune"
+        # Where the kept network came from, written out now: "the previous PropMask" would name another
+        # network once a later replace-propmask overwrites propmask_fine_tune.
+        metadata["small_crop_propmask"] = {
+            "propmask_fine_tune": metadata.get("propmask_fine_tune"),
+            "step": metadata.get("step") if "propmask_fine_tune" not in metadata else None,
+        }
+    elif "propmask_fine_tune" in metadata:
+        metadata.setdefault("propmask_history", []).append(metadata["propmask_fine_tune"])
+    metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
     save_weights(
         weights_file,
         box2mask,

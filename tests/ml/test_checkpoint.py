@@ -281,3 +281,8 @@ def test_a_propmask_kept_for_small_crops_survives_every_later_rewrite_of_the_fil
 
     replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt")  # without the flag: the slot stays
     assert load_small_crop_propmask(tmp_path / WEIGHTS_FILE).config == PROP
+    # The kept network's provenance still names the original PropMask (step 5), not a later fine-tune.
+    _, _, _, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    assert metadata["small_crop_propmask"]["step"] == 5
+    assert metadata["small_crop_propmask"]["propmask_fine_tune"] is None
+    assert [record["step"] for record in metadata["propmask_history"]] == [9]
