@@ -248,23 +248,16 @@ def _fine_tune_record(training_state: pathlib.Path, metadata: dict[str, Any], bl
     }
 
 
-def _resave(
-    weights_file: pathlib.Path,
-    box2mask: Box2Mask,
-    propmask: PropMask,
-    metadata: dict[str, Any],
-    corrections: Box2Mask | None,
-    refiner: SliceRefiner | None,
-) -> None:
-    """Rewrite ``weights_file`` with these networks, keeping the small-crop PropMask it already holds."""
+def _resave(weights_file: pathlib.Path, networks: ShippedNetworks) -> None:
+    """Rewrite ``weights_file`` with every network of ``networks`` (float16)."""
     save_weights(
         weights_file,
-        box2mask,
-        propmask,
-        metadata,
-        corrections_box2mask=corrections,
-        refiner=refiner,
-        small_crop_propmask=load_small_crop_propmask(weights_file),
+        networks.box2mask,
+        networks.propmask,
+        networks.metadata,
+        corrections_box2mask=networks.corrections_box2mask,
+        refiner=networks.refiner,
+        small_crop_propmask=networks.small_crop_propmask,
     )
 
 
@@ -275,24 +268,22 @@ def attach_corrections(weights_file: pathlib.Path, training_state: pathlib.Path,
     ``blend`` < 1 stores ``(1 - blend) * file's Box2Mask + blend * fine-tuned Box2Mask`` instead (see
     ``_blended``).
     """
-    box2mask, propmask, _, metadata = load_all_weights(weights_file)
-    refiner = load_refiner(weights_file)
+    networks = load_shipped_networks(weights_file)
     tuned, _, tuned_metadata = load_weights(training_state)
-    corrections = _blended(box2mask, tuned, blend)
-    metadata["corrections_box2mask"] = _fine_tune_record(training_state, tuned_metadata, blend)
-    _resave(weights_file, box2mask, propmask, metadata, corrections, refiner)
+    networks.corrections_box2mask = _blended(networks.box2mask, tuned, blend)
+    networks.metadata["corrections_box2mask"] = _fine_tune_record(training_state, tuned_metadata, blend)
+    _resave(weights_file, networks)
 
 
 def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, blend: float = 1.0) -> None:
     """Replace the first-prompt Box2Mask of ``weights_file`` by the Box2Mask of ``training_state`` (a
     ``python -m ml.train --networks box2mask`` fine-tune), blended with the file's own like
     ``attach_corrections``; PropMask, the corrections network and the slice refiner stay as they were."""
-    box2mask, propmask, corrections, metadata = load_all_weights(weights_file)
-    refiner = load_refiner(weights_file)
+    networks = load_shipped_networks(weights_file)
     tuned, _, tuned_metadata = load_weights(training_state)
-    replacement = _blended(box2mask, tuned, blend)
-    metadata["box2mask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, blend)
-    _resave(weights_file, replacement, propmask, metadata, corrections, refiner)
+    networks.box2mask = _blended(networks.box2mask, tuned, blend)
+    networks.metadata["box2mask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, blend)
+    _resave(weights_file, networks)
 
 
 def replace_propmask(
@@ -306,11 +297,11 @@ def replace_propmask(
     ``LearnedPredictor``) instead of being dropped; otherwise the file's small-crop PropMask stays as it was
     and the replaced PropMask's ``propmask_fine_tune`` record moves to ``propmask_history``.
     """
-    box2mask, previous, corrections, metadata = load_all_weights(weights_file)
-    refiner = load_refiner(weights_file)
-    small_crop = previous if keep_for_small_crops else load_small_crop_propmask(weights_file)
+    networks = load_shipped_networks(weights_file)
+    metadata = networks.metadata
     _, tuned, tuned_metadata = load_weights(training_state)
     if keep_for_small_crops:
+        networks.small_crop_propmask = networks.propmask
         # Where the kept network came from, written out now: "the previous PropMask" would name another
         # network once a later replace-propmask overwrites propmask_fine_tune.
         metadata["small_crop_propmask"] = {
@@ -320,34 +311,27 @@ def replace_propmask(
     elif "propmask_fine_tune" in metadata:
         metadata.setdefault("propmask_history", []).append(metadata["propmask_fine_tune"])
     metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
-    save_weights(
-        weights_file,
-        box2mask,
-        tuned,
-        metadata,
-        corrections_box2mask=corrections,
-        refiner=refiner,
-        small_crop_propmask=small_crop,
-    )
+    networks.propmask = tuned
+    _resave(weights_file, networks)
 
 
 def attach_refiner(weights_file: pathlib.Path, refiner_state: pathlib.Path) -> None:
     """Store the slice refiner of a ``python -m ml.train_refiner`` state in ``weights_file`` (float16);
     everything else in the file stays as it was."""
-    box2mask, propmask, corrections, metadata = load_all_weights(weights_file)
     state = torch.load(pathlib.Path(refiner_state), map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or state.get("format") != REFINER_TRAINING_FORMAT:
         raise ValueError(
             f"{refiner_state} is not a slice-refiner training state (python -m ml.train_refiner)"
         )
-    refiner = build_refiner(state)
-    metadata["refiner"] = {
+    networks = load_shipped_networks(weights_file)
+    networks.refiner = build_refiner(state)
+    networks.metadata["refiner"] = {
         "from": str(refiner_state),
         "step": state.get("step"),
         "trained_seconds": state.get("trained_seconds"),
         "command": state.get("command"),
     }
-    _resave(weights_file, box2mask, propmask, metadata, corrections, refiner)
+    _resave(weights_file, networks)
 
 
 def export_weights(
