@@ -94,6 +94,41 @@ ALIGNMENT_JS = """([value]) => {
   return out;
 }"""
 
+# Where the axial slice's four edge midpoints land on the overlay canvas: the viewer's current zoom, pan and flip.
+AXIAL_EDGES_JS = """() => {
+  const v = window.proplabelViewer;
+  const [, Y, X] = v.shape;
+  const z = v.renderer.sliceIndex('axial');
+  const at = (zyx) => v.renderer.voxelToCanvas('axial', zyx);
+  return {anterior: at([z, Y - 1, X >> 1])[1], posterior: at([z, 0, X >> 1])[1],
+          right: at([z, Y >> 1, X - 1])[0], left: at([z, Y >> 1, 0])[0]};
+}"""
+VIEW_NEAR_JS = f"""([before, tolerance]) => {{
+  const now = ({AXIAL_EDGES_JS})();
+  return Object.keys(before).every((k) => Math.abs(now[k] - before[k]) < tolerance);
+}}"""
+
+
+def _zoom_in_then_wait(page: Any, x: float, y: float, view_before: dict[str, float]) -> None:
+    """Ctrl+wheel over (x, y); mouse.wheel returns before the page handles the event, so wait to see the zoom."""
+    page.mouse.move(x, y)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.keyboard.up("Control")
+    page.wait_for_function(f"(before) => !({VIEW_NEAR_JS})([before, 2])", arg=view_before, timeout=5000)
+
+
+def _reset_view_and_wait(page: Any, view_before: dict[str, float]) -> None:
+    """R restores the fitted view of ``view_before`` to within a pixel or two (sub-pixel refit)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.keyboard.press("r")
+    try:
+        page.wait_for_function(VIEW_NEAR_JS, arg=[view_before, 2], timeout=5000)
+    except PlaywrightTimeout:
+        pytest.fail(f"R did not restore the view: {page.evaluate(AXIAL_EDGES_JS)} against {view_before}")
+
+
 # Where landmarks of the phantom are drawn in the axial IMAGE itself (Cornerstone3D's canvas, W400/L40, no
 # use of the viewer's mapping): the vertebral body (700 HU, saturated white) and the aorta (200 HU, light
 # grey; the kidneys at 150 HU stay darker). Centroids as fractions of the canvas size.
@@ -231,9 +266,10 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.select_option(".wl-preset", "soft")
 
         # --- zoom (Ctrl+wheel) and pan (Shift+drag): the overlay must stay on the image -------------------
-        page.mouse.move(cx, cy)
+        fitted_view = page.evaluate(AXIAL_EDGES_JS)
+        _zoom_in_then_wait(page, cx, cy, fitted_view)
         page.keyboard.down("Control")
-        for _ in range(3):
+        for _ in range(2):
             page.mouse.wheel(0, -100)
         page.keyboard.up("Control")
         page.keyboard.down("Shift")
@@ -243,7 +279,7 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         page.keyboard.up("Shift")
         _assert_aligned(page, bone)
         _shot(page, artifacts, "03b-zoom-pan")
-        page.keyboard.press("r")  # reset the view
+        _reset_view_and_wait(page, fitted_view)
 
         # --- box prompt around the liver on the middle slice -------------------------------------------------
         viewer = page.evaluate(
@@ -441,8 +477,14 @@ def test_reviewer_requests_changes(live_embedded_server: Any, browser: Any, arti
         page.wait_for_function(
             "document.querySelector('.status-badge').textContent === 'In review'", timeout=20_000
         )
+        # The badge can flip first through the case's WebSocket event; the action's own reply comes after it.
+        page.wait_for_function(
+            "document.querySelector('.status').textContent.includes('Start review: done')", timeout=20_000
+        )
         page.click("button.action-request_changes")  # without a comment: refused in words
-        assert "comment" in (page.text_content(".status") or "")
+        page.wait_for_function(
+            "document.querySelector('.status').textContent.includes('comment')", timeout=5000
+        )
         page.fill("textarea.comment", "The liver leaks into the body wall on this slice.")
         page.click("button.action-request_changes")
         page.wait_for_function(
@@ -495,25 +537,12 @@ def test_radiological_orientation_of_a_ras_volume(
         # The image itself: the most anterior rows at the top, the patient's right on the screen's left.
         marks = _landmarks(page)
         assert marks["bone"]["y"] < 0.4 and marks["aorta"]["x"] < marks["bone"]["x"], marks
-        mapping_js = """() => {
-          const v = window.proplabelViewer;
-          const [, Y, X] = v.shape;
-          const z = v.renderer.sliceIndex('axial');
-          const at = (zyx) => v.renderer.voxelToCanvas('axial', zyx);
-          return {anterior: at([z, Y - 1, X >> 1])[1], posterior: at([z, 0, X >> 1])[1],
-                  right: at([z, Y >> 1, X - 1])[0], left: at([z, Y >> 1, 0])[0]};
-        }"""
-        mapping = page.evaluate(mapping_js)
+        mapping = page.evaluate(AXIAL_EDGES_JS)
         assert mapping["anterior"] < mapping["posterior"] and mapping["right"] < mapping["left"], mapping
         # Zoom, then reset the view (R): the orientation survives Cornerstone3D's camera reset.
         rect = page.locator('canvas.overlay[data-plane="axial"]').bounding_box()
-        page.mouse.move(rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2)
-        page.keyboard.down("Control")
-        page.mouse.wheel(0, -100)
-        page.keyboard.up("Control")
-        page.keyboard.press("r")
-        reset = page.evaluate(mapping_js)
-        assert all(abs(reset[k] - mapping[k]) < 2 for k in mapping), (reset, mapping)  # sub-pixel refit
+        _zoom_in_then_wait(page, rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2, mapping)
+        _reset_view_and_wait(page, mapping)
         _assert_aligned(page, bone)
         letters = page.evaluate(
             """() => Object.fromEntries(['axial', 'coronal', 'sagittal'].map((p) => [p,
