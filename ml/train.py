@@ -74,6 +74,8 @@ MIN_GUIDE_AREA = 3
 LOW_RESOLUTION_CHANCE = 0.3  # share of tasks and samples shown as if scanned 1.5-4x coarser in-plane
 MAX_ROLLOUT_HOP = 8
 """Furthest (in slices) a rollout task's source slice lies behind its guide (see ``PropBatch``)."""
+CHAIN_HOP = 4
+"""Longest hop (in slices) of a chained rollout: the shipped loop re-guides every half chunk (<= 4 slices)."""
 # Box2Mask prompt mix: box prompts, click-only prompts, and corrections of a wrong prior mask (see
 # corrupt_prior); ``--box2mask-corrections`` changes the last share, the other two keep their ratio.
 CORRECTION_SHARE = 0.33
@@ -93,6 +95,12 @@ class PropBatch:
     training step, the network's own prediction of the guide slice from that source replaces the true guide
     mask (``apply_rollout_guides``), so the model learns from guides that drifted the way its own do at
     inference, where every chunk is guided by the previous chunk's output. Other tasks carry zeros there.
+
+    Chained rollouts (a sampler with ``max_hops`` H > 1): ``source`` is ``(B, H, S, S)``, the slices of a
+    chain farthest first, ``hops (B,)`` how many of them a task uses (0 for plain tasks), each 1-``CHAIN_HOP``
+    slices from the next; ``source_mask`` is the true mask of the farthest. The network walks the chain
+    towards the guide on its own predictions, so the guide carries the drift of several re-guidings (a mask
+    that shrinks a little at every step, as on thin curved bones), not of one.
     """
 
     guide: torch.Tensor
@@ -103,6 +111,11 @@ class PropBatch:
     source: torch.Tensor
     source_mask: torch.Tensor
     rollout: torch.Tensor
+    hops: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.hops is None:
+            self.hops = self.rollout.long()
 
 
 class TaskSampler:
@@ -115,11 +128,16 @@ class TaskSampler:
         seed: int,
         rollout_chance: float = 0.0,
         correction_share: float = CORRECTION_SHARE,
+        max_hops: int = 1,
     ) -> None:
         """``rollout_chance``: share of PropMask tasks whose guide mask the network predicts itself.
-        ``correction_share``: share of Box2Mask samples that correct a wrong prior mask."""
+        ``correction_share``: share of Box2Mask samples that correct a wrong prior mask.
+        ``max_hops``: a rollout task walks a chain of 1..``max_hops`` predictions (uniform) to its guide."""
         if not 0.0 <= rollout_chance <= 1.0:
             raise ValueError(f"rollout_chance must be in [0, 1], got {rollout_chance}")
+        if max_hops < 1:
+            raise ValueError(f"max_hops must be >= 1, got {max_hops}")
+        self.max_hops = max_hops
         if not 0.0 <= correction_share <= 1.0:
             raise ValueError(f"correction_share must be in [0, 1], got {correction_share}")
         self.rollout_chance = rollout_chance
@@ -154,19 +172,35 @@ class TaskSampler:
             images,
             targets,
             (targets.flatten(2).amax(2) > 0).float(),
-            source[:, None],
+            source,
             source_mask[:, None],
-            torch.tensor([bool(part[6]) for part in parts]),
+            torch.tensor([part[6] > 0 for part in parts]),
+            torch.tensor([part[6] for part in parts], dtype=torch.long),
         )
 
-    def _rollout_source(self, obj: Any, guide_z: int, direction: int) -> int | None:
-        """A slice of the object 1-``MAX_ROLLOUT_HOP`` slices behind ``guide_z`` (against ``direction``)."""
-        hop = int(self.rng.integers(1, MAX_ROLLOUT_HOP + 1))
+    def _rollout_source(self, obj: Any, guide_z: int, direction: int, longest: int) -> int | None:
+        """A slice of the object 1-``longest`` slices behind ``guide_z`` (against ``direction``)."""
+        hop = int(self.rng.integers(1, longest + 1))
         for distance in range(hop, 0, -1):
             z = guide_z - direction * distance
             if obj.z_first <= z <= obj.z_last and obj.areas[z - obj.z_first] >= MIN_GUIDE_AREA:
                 return z
         return None
+
+    def _rollout_chain(self, obj: Any, guide_z: int, direction: int) -> list[int]:
+        """Slices behind ``guide_z``, farthest first, that a rollout walks to reach the guide: one hop of
+        1-``MAX_ROLLOUT_HOP`` slices, or 2..``max_hops`` hops of 1-``CHAIN_HOP`` (fewer where the object
+        ends); empty when nothing of the object lies behind the guide."""
+        hops = int(self.rng.integers(1, self.max_hops + 1))
+        chain: list[int] = []
+        nearer = guide_z
+        for _ in range(hops):
+            z = self._rollout_source(obj, nearer, direction, MAX_ROLLOUT_HOP if hops == 1 else CHAIN_HOP)
+            if z is None:
+                break
+            chain.insert(0, z)
+            nearer = z
+        return chain
 
     def _propmask_task(self, count: int, size: int) -> tuple[torch.Tensor, ...]:
         rng = self.rng
@@ -200,9 +234,7 @@ class TaskSampler:
             offsets.append(int(np.clip(z, 0, depth - 1)))
         guide_truth = self._object_slice(volume, obj, guide_z)
         guide_used = guide_truth
-        source_z = (
-            self._rollout_source(obj, guide_z, direction) if rng.random() < self.rollout_chance else None
-        )
+        chain = self._rollout_chain(obj, guide_z, direction) if rng.random() < self.rollout_chance else []
         corruption = rng.random()
         if corruption < 0.2:  # a neighbour's true mask on this image: like a guide that drifted one step
             neighbour = guide_z + int(rng.choice([-2, -1, 1, 2]))
@@ -218,14 +250,14 @@ class TaskSampler:
         window = type(window)(
             window.low + rng.normal(0, 0.05) * width, window.high + rng.normal(0, 0.05) * width
         )
-        # The source slice (rollout tasks) rides last in the stack so that it gets the same augmentation.
-        stack_z = [guide_z, *offsets] + ([source_z] if source_z is not None else [])
+        # The chain's slices (rollout tasks) ride last in the stack so that they get the same augmentation.
+        stack_z = [guide_z, *offsets, *chain]
         images = images_to_network(image[stack_z], crop, window, size)
         guide_net = masks_to_network(guide_used[None], crop, size)
         targets = masks_to_network(volume.object_map[offsets] == obj.object_id, crop, size)
         extra = []
-        if source_z is not None:
-            extra = [masks_to_network(self._object_slice(volume, obj, source_z)[None], crop, size)]
+        if chain:
+            extra = [masks_to_network(self._object_slice(volume, obj, chain[0])[None], crop, size)]
             if rng.random() < 0.5:  # the source itself may have drifted already
                 extra[0] = corrupt_masks(extra[0], rng)
         elif 0.2 <= corruption < 0.55:
@@ -236,13 +268,15 @@ class TaskSampler:
             extra = [coarsen(mask, factor, binary=True) for mask in extra]
         images, masks = augment_geometry(images, torch.cat([guide_net, targets, *extra]), rng)
         images = augment_intensity(images, rng)
-        if source_z is not None and masks[-1].sum() == 0:
+        hops = len(chain)
+        if hops and masks[-1].sum() == 0:
             # The source's object fell outside the guide's crop, so it cannot guide a prediction.
-            images, masks, source_z = images[:-1], masks[:-1], None
-        if source_z is None:
-            empty = torch.zeros_like(images[0])
-            return images[0], masks[0], images[1:], masks[1:], empty, empty, False
-        return images[0], masks[0], images[1:-1], masks[1:-1], images[-1], masks[-1], True
+            images, masks, hops = images[:-hops], masks[:-1], 0
+        sources = torch.zeros((self.max_hops, *images.shape[1:]), dtype=images.dtype)
+        if hops == 0:
+            return images[0], masks[0], images[1:], masks[1:], sources, torch.zeros_like(images[0]), 0
+        sources[:hops] = images[-hops:]
+        return images[0], masks[0], images[1:-hops], masks[1:-1], sources, masks[-1], hops
 
     # ----------------------------------------------------------------- Box2Mask
 
@@ -581,24 +615,38 @@ def augment_intensity(images: torch.Tensor, rng: np.random.Generator) -> torch.T
 @torch.no_grad()
 def apply_rollout_guides(propmask: PropMask, batch: PropBatch, device: torch.device) -> int:
     """Replace the guide masks of rollout tasks by the network's own thresholded prediction of the guide
-    slice from the task's source slice (see ``PropBatch``); a prediction that comes back empty or judged
-    object-free keeps the true guide. Returns how many guides were replaced."""
+    slice, walked from the task's source slice along its chain (see ``PropBatch``); a walk whose prediction
+    comes back empty or judged object-free at any step keeps the true guide. Returns how many guides were
+    replaced."""
     indices = torch.nonzero(batch.rollout).flatten()
     if indices.numel() == 0:
         return 0
-    output = propmask(
-        batch.source[indices].to(device),
-        batch.source_mask[indices].to(device),
-        batch.guide[indices].to(device),
-        all_heads=False,
-    )
-    predicted = torch.sigmoid(output.masks[0]) >= 0.5  # (R, 1, S, S)
-    if output.present is not None:
-        predicted &= (torch.sigmoid(output.present) >= 0.5)[:, :, None, None]
-    predicted = predicted.float().cpu()
-    usable = predicted.flatten(1).sum(1) > 0
-    batch.guide_mask[indices[usable]] = predicted[usable]
-    return int(usable.sum())
+    assert batch.hops is not None
+    hops = batch.hops[indices].clamp(min=1)  # (R,)
+    walked = batch.source_mask[indices].clone()  # (R, 1, S, S): the mask reached so far on each chain
+    alive = torch.ones(indices.numel(), dtype=torch.bool)
+    for step in range(int(hops.max())):
+        active = torch.nonzero(alive & (hops > step)).flatten()
+        if active.numel() == 0:
+            break
+        tasks = indices[active]
+        reaches_guide = (hops[active] == step + 1)[:, None, None, None]
+        following = batch.source[tasks, min(step + 1, batch.source.shape[1] - 1)][:, None]
+        target_image = torch.where(reaches_guide, batch.guide[tasks], following)
+        output = propmask(
+            batch.source[tasks, step][:, None].to(device),
+            walked[active].to(device),
+            target_image.to(device),
+            all_heads=False,
+        )
+        predicted = torch.sigmoid(output.masks[0]) >= 0.5  # (n, 1, S, S)
+        if output.present is not None:
+            predicted &= (torch.sigmoid(output.present) >= 0.5)[:, :, None, None]
+        predicted = predicted.float().cpu()
+        walked[active] = predicted
+        alive[active[predicted.flatten(1).sum(1) == 0]] = False
+    batch.guide_mask[indices[alive]] = walked[alive]
+    return int(alive.sum())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -622,6 +670,7 @@ def resized_batch(batch: PropBatch, size: int) -> PropBatch:
         source=area(batch.source),
         source_mask=(area(batch.source_mask) >= 0.5).float(),
         rollout=batch.rollout,
+        hops=batch.hops,
     )
 
 
@@ -1067,6 +1116,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.5,
         help="share of PropMask tasks guided by the network's own prediction of the guide slice",
     )
+    parser.add_argument(
+        "--rollout-hops",
+        type=int,
+        default=1,
+        help="a rollout walks 1..N predictions (uniform) to its guide, each hop of 1-4 slices when N > 1",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--val-minutes", type=float, default=12.0)
@@ -1232,6 +1287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed + step,
         rollout_chance=args.rollout,
         correction_share=args.box2mask_corrections,
+        max_hops=args.rollout_hops,
     )
     validation_volumes = load_validation_objects(
         args.data_dir, dict(zip(TRAIN_DATASETS, args.val_cases, strict=True))
@@ -1253,6 +1309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "preset": args.preset,
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
+            "rollout_hops": args.rollout_hops,
             "networks": args.networks,
             "teacher": str(args.teacher) if args.teacher is not None else None,
             "distill_weight": args.distill_weight,

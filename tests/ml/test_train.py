@@ -95,6 +95,64 @@ def test_an_empty_rollout_prediction_keeps_the_true_guide(sampler: train.TaskSam
     assert torch.equal(batch.guide_mask, true_guides)
 
 
+def test_chained_rollouts_walk_up_to_max_hops_slices_of_the_object_towards_their_guide() -> None:
+    rng = np.random.default_rng(5)
+    volumes = [object_volume(synthetic_case(rng, f"c{i}")) for i in range(3)]
+    chained = train.TaskSampler(
+        {"synthetic": volumes}, {"synthetic": 1.0}, seed=1, rollout_chance=1.0, max_hops=3
+    )
+
+    batches = [chained.propmask_batch(12, 4, 32) for _ in range(5)]
+
+    hops = torch.cat([batch.hops for batch in batches])
+    assert set(hops.tolist()) == {0, 1, 2, 3}  # 0: nothing of the object behind the guide, or out of crop
+    for batch in batches:
+        assert tuple(batch.source.shape) == (12, 3, 32, 32)
+        assert torch.equal(batch.rollout, batch.hops > 0)
+        for task, used in enumerate(batch.hops.tolist()):
+            assert not batch.source[task, used:].any()  # unused chain slots stay empty
+            if used:
+                assert batch.source[task, :used].flatten(1).abs().amax(1).min() > 0
+                assert batch.source_mask[task].max() == 1  # the farthest slice's true mask starts the walk
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Stands in for PropMask: foreground wherever the slice to predict is bright; counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, guide: torch.Tensor, guide_mask: torch.Tensor, adjacent: torch.Tensor, all_heads: bool):
+        from ml.networks import PropMaskOutput
+
+        self.calls += 1
+        logits = torch.where(adjacent > 0, 10.0, -10.0)
+        return PropMaskOutput(masks=[logits], present=torch.full(adjacent.shape[:2], 10.0))
+
+
+def test_a_chained_rollout_guide_is_the_end_of_the_walk_and_a_walk_that_loses_the_object_keeps_the_truth(
+    sampler: train.TaskSampler,
+) -> None:
+    batch = sampler.propmask_batch(3, 2, 32)
+    size = batch.guide.shape[-1]
+    batch.source = torch.full((3, 3, size, size), 1.0)
+    batch.guide[:] = -1.0
+    batch.guide[:, :, :8, :8] = 1.0  # the guide slice is bright in one corner only
+    batch.source_mask[:] = 1.0
+    batch.rollout = torch.tensor([True, True, False])
+    batch.hops = torch.tensor([3, 2, 0])
+    batch.source[1, 1] = -1.0  # task 1 loses the object on its second step
+    true_guides = batch.guide_mask.clone()
+    net = _ThresholdNet()
+
+    replaced = train.apply_rollout_guides(net, batch, torch.device("cpu"))  # type: ignore[arg-type]
+
+    assert replaced == 1 and net.calls == 3  # three steps for the longest chain, both tasks in the first two
+    assert batch.guide_mask[0, 0, :8, :8].min() == 1 and batch.guide_mask[0].sum() == 64
+    assert torch.equal(batch.guide_mask[1:], true_guides[1:])
+
+
 def test_a_share_of_tasks_sees_the_object_with_inverted_contrast_on_every_slice_at_once() -> None:
     rng = np.random.default_rng(7)
     ramp = torch.linspace(-1.0, 1.0, 32 * 32).reshape(1, 32, 32).repeat(3, 1, 1)
