@@ -191,7 +191,8 @@ class TaskSampler:
         """Slices behind ``guide_z``, farthest first, that a rollout walks to reach the guide: one hop of
         1-``MAX_ROLLOUT_HOP`` slices, or 2..``max_hops`` hops of 1-``CHAIN_HOP`` (fewer where the object
         ends); empty when nothing of the object lies behind the guide."""
-        hops = int(self.rng.integers(1, self.max_hops + 1))
+        # One hop draws nothing extra, so the default recipe keeps the random stream of earlier runs.
+        hops = int(self.rng.integers(1, self.max_hops + 1)) if self.max_hops > 1 else 1
         chain: list[int] = []
         nearer = guide_z
         for _ in range(hops):
