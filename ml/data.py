@@ -156,15 +156,24 @@ def _tube_distance(
     xx: np.ndarray,
     centre: np.ndarray,
     extent_mm: np.ndarray,
+    rib_like: bool = False,
 ) -> np.ndarray:
     """Normalised distance (< 1 inside) to a curved tube running through z: vessel-, cord- or rib-like.
 
-    The centre line drifts in-plane by up to 1.5 mm per mm of z (steep = a rib or an oblique vessel that
-    moves fast between axial slices), wanders smoothly, and its radius (1.5-8 mm) changes slowly; the tube
-    ends somewhere inside the volume so that both of its ends are visible.
+    The centre line drifts in-plane by up to 1.5 mm per mm of z (steep = an oblique vessel that moves fast
+    between axial slices), wanders smoothly, and its radius (1.5-8 mm) changes slowly; the tube ends
+    somewhere inside the volume so that both of its ends are visible.
+
+    ``rib_like``: the tube lies close to the axial plane (1.5-4 mm of drift per mm of z, like a rib or a
+    costal cartilage), its distance is measured across the tilted axis, so an axial slice cuts it as an
+    ellipse stretched along the drift, and it is shortened so that it stays in the field of view.
     """
     z_mm = zz[:, 0, 0]
-    slope = rng.uniform(-1.5, 1.5, size=2) if rng.random() < 0.5 else rng.uniform(-0.3, 0.3, size=2)
+    if rib_like:
+        steepness, heading = rng.uniform(1.5, 4.0), rng.uniform(0, 2 * np.pi)
+        slope = steepness * np.array([np.sin(heading), np.cos(heading)])
+    else:
+        slope = rng.uniform(-1.5, 1.5, size=2) if rng.random() < 0.5 else rng.uniform(-0.3, 0.3, size=2)
     phase, period = rng.uniform(0, 2 * np.pi, size=2), rng.uniform(20.0, 80.0, size=2)
     amplitude = rng.uniform(0.0, 8.0, size=2)
     offset = z_mm - centre[0]
@@ -172,16 +181,27 @@ def _tube_distance(
     centre_x = centre[2] + slope[1] * offset + amplitude[1] * np.sin(2 * np.pi * z_mm / period[1] + phase[1])
     radius = rng.uniform(1.5, 8.0) * (1.0 + 0.25 * np.sin(2 * np.pi * z_mm / rng.uniform(30, 90) + phase[0]))
     half_length = rng.uniform(0.25, 0.6) * extent_mm[0]
-    in_plane = (yy - centre_y[:, None, None]) ** 2 + (xx - centre_x[:, None, None]) ** 2
+    offset_y, offset_x = yy - centre_y[:, None, None], xx - centre_x[:, None, None]
+    in_plane = offset_y**2 + offset_x**2
+    if rib_like:
+        # Distance across the tilted axis (1, slope): the in-plane offset minus its part along the drift.
+        along = (offset_y * slope[0] + offset_x * slope[1]) ** 2 / (1.0 + float(slope @ slope))
+        in_plane = in_plane - along
+        half_length = min(
+            half_length, 0.35 * float(min(extent_mm[1], extent_mm[2])) / float(np.hypot(*slope))
+        )
     distance = in_plane / (radius[:, None, None] ** 2)
     outside_ends = np.abs(offset) > half_length
     distance[outside_ends] = 10.0
     return distance.astype(np.float32)
 
 
-def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
+def synthetic_case(rng: np.random.Generator, name: str = "synthetic", rib_like_tubes: float = 0.0) -> Case:
     """A random volume with 1-4 smooth objects (blobs or curved tubes, some touching), varied contrast, noise,
     scale and spacing.
+
+    ``rib_like_tubes``: share of the tubes drawn close to the axial plane (see ``_tube_distance``); at 0 no
+    extra random number is drawn, so a seed gives the same volumes as before the option existed.
 
     Returns a ``Case`` whose labels are 1..n (one value per object); shapes about
     ``(20-60, 72-128, 72-128)``; spacing ``sy = sx`` in 0.6-1.5 mm, ``sz`` from isotropic to 5 mm.
@@ -214,7 +234,8 @@ def synthetic_case(rng: np.random.Generator, name: str = "synthetic") -> Case:
         if value > 1:  # neighbours sit next to (often touching) the first object
             centre = centre + rng.normal(0.0, 1.0, size=3).astype(np.float32) * radii.astype(np.float32)
         if tube:
-            distance = _tube_distance(rng, zz, yy, xx, centre, extent_mm)
+            rib_like = rib_like_tubes > 0 and rng.random() < rib_like_tubes
+            distance = _tube_distance(rng, zz, yy, xx, centre, extent_mm, rib_like)
         else:
             distance = (
                 ((zz - centre[0]) / radii[0]) ** 2

@@ -885,8 +885,11 @@ def build_pools(
     log: Any,
     pseudo_sources: list[str] | None = None,
     pseudo_volumes: int = 0,
+    rib_like_tubes: float = 0.0,
 ) -> dict[str, list[ObjectVolume]]:
     """Object pools by name: each real data set's training cases, ``"synthetic"`` and ``"pseudo"``.
+
+    ``rib_like_tubes``: share of the generated tubes drawn close to the axial plane (``ml.data.synthetic_case``).
 
     ``pseudo_volumes`` pseudo-labelled volumes (``ml.data.pseudo_labelled_case``) are drawn evenly from the
     images of ``pseudo_sources``: a data set's training cases where ``ml/splits.json`` lists some, else all
@@ -907,7 +910,9 @@ def build_pools(
         )
     if synthetic:
         rng = np.random.default_rng(seed + 1)
-        pools["synthetic"] = [object_volume(synthetic_case(rng, f"synthetic_{i}")) for i in range(synthetic)]
+        pools["synthetic"] = [
+            object_volume(synthetic_case(rng, f"synthetic_{i}", rib_like_tubes)) for i in range(synthetic)
+        ]
         log(f"generated {synthetic} synthetic volumes")
     if pseudo_volumes and pseudo_sources:
         rng = np.random.default_rng(seed + 2)
@@ -1123,6 +1128,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="a rollout walks 1..N predictions (uniform) to its guide, each hop of 1-4 slices when N > 1",
     )
+    parser.add_argument(
+        "--rib-like-tubes",
+        type=float,
+        default=0.0,
+        help="share of generated tubes lying close to the axial plane (1.5-4 mm drift per mm of z, like ribs)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--val-minutes", type=float, default=12.0)
@@ -1156,6 +1167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Bad settings end here, with the usage line, before any data set is loaded.
     if not 0.0 < args.anneal_fraction <= 1.0:
         parser.error(f"--anneal-fraction must be in (0, 1], got {args.anneal_fraction}")
+    if not 0.0 <= args.rib_like_tubes <= 1.0:
+        parser.error(f"--rib-like-tubes must be in [0, 1], got {args.rib_like_tubes}")
     if not 0.0 <= args.box2mask_corrections <= 1.0:
         parser.error(f"--box2mask-corrections must be in [0, 1], got {args.box2mask_corrections}")
     if args.propmask_input_size is not None and args.resume:
@@ -1281,6 +1294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log,
         pseudo_sources=args.pseudo_sources,
         pseudo_volumes=args.pseudo_volumes,
+        rib_like_tubes=args.rib_like_tubes,
     )
     sampler = TaskSampler(
         pools,
@@ -1311,6 +1325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "tasks_per_step": args.tasks,
             "rollout_chance": args.rollout,
             "rollout_hops": args.rollout_hops,
+            "rib_like_tubes": args.rib_like_tubes,
             "networks": args.networks,
             "teacher": str(args.teacher) if args.teacher is not None else None,
             "distill_weight": args.distill_weight,
