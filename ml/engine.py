@@ -339,6 +339,7 @@ def load_engine(
     device: str | None = None,
     chunk_mm: float = DEFAULT_CHUNK_MM,
     slice_refinement: bool = True,
+    crop_aware_averaging: bool | None = None,
 ) -> Engine:
     """Build an engine.
 
@@ -349,6 +350,8 @@ def load_engine(
         device: torch device for the learned engine (default: CUDA when available, else CPU).
         chunk_mm: default propagation chunk in mm.
         slice_refinement: False leaves out the weights' slice refiner (learned only; for comparisons).
+        crop_aware_averaging: overrides the shipped choice (``ml.learned.SHIPPED_CROP_AWARE_AVERAGING``;
+            learned only; for comparisons).
 
     Raises:
         ValueError: unknown ``kind``.
@@ -363,8 +366,9 @@ def load_engine(
 
         directory = pathlib.Path(weights_dir) if weights_dir is not None else None
         try:
+            options = {} if crop_aware_averaging is None else {"crop_aware_averaging": crop_aware_averaging}
             predictor = load_learned_predictor(
-                weights_dir=directory, device=device, slice_refinement=slice_refinement
+                weights_dir=directory, device=device, slice_refinement=slice_refinement, **options
             )
         except FileNotFoundError as error:
             raise FileNotFoundError(

@@ -217,6 +217,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="learned engine without the weights' slice refiner (to measure what it adds)",
     )
+    parser.add_argument(
+        "--crop-aware-averaging",
+        action="store_true",
+        help="learned engine whose loop lets one guide answer alone past a crop that cut the other's object "
+        "(measured in session 22, not shipped)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-object lines")
     args = parser.parse_args(argv)
     if args.corrections < 0:
@@ -238,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 weights_dir=args.weights,
                 device=args.device,
                 slice_refinement=not args.no_slice_refiner,
+                crop_aware_averaging=True if args.crop_aware_averaging else None,
             )
             if args.engine == "learned"
             else load_engine("classical")

@@ -121,6 +121,9 @@ class ScoredSlices:
     """float32 ``(K, Y, X)`` foreground probabilities, not gated by ``present``."""
     present: np.ndarray
     """float32 ``(K,)`` probability that the object is on each target at all."""
+    seen: np.ndarray | None = None
+    """bool ``(Y, X)``: where the predictor looked (its crop); ``probabilities`` outside it are no answer,
+    only the zeros it was pasted back into. None: it looked at the whole slice."""
 
 
 @runtime_checkable

@@ -36,6 +36,14 @@ class CropBox:
         scale = size / self.side
         return (y - self.y0 + 0.5) * scale - 0.5, (x - self.x0 + 0.5) * scale - 0.5
 
+    def region(self, shape: tuple[int, int]) -> np.ndarray:
+        """bool ``(Y, X)`` of a slice of ``shape``: True on the pixels this crop covers."""
+        region = np.zeros(shape, dtype=bool)
+        region[
+            max(self.y0, 0) : max(self.y0 + self.side, 0), max(self.x0, 0) : max(self.x0 + self.side, 0)
+        ] = True
+        return region
+
 
 def box_of_mask(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Tight inclusive box ``(y0, x0, y1, x1)`` of a non-empty bool ``(Y, X)`` mask."""

@@ -104,6 +104,8 @@ CROP_REACH_FRACTION = 0.95
 PROMPT, UP, DOWN, REFINED = "prompt", "up", "down", "refined"
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+_Answer = tuple[np.ndarray, float, "np.ndarray | None"]
+"""One guide's answer for one slice: probabilities ``(Y, X)``, object-present probability, where it looked."""
 
 
 class PropagationCancelled(Exception):
@@ -276,6 +278,52 @@ def _keep_outward(
     return kept, False
 
 
+def cut_by_crop(probability: np.ndarray, seen: np.ndarray | None, threshold: float) -> bool:
+    """Whether a guide's float ``(Y, X)`` answer reaches the edge of the rectangle it looked at (``seen``,
+    its crop; the slice's own border does not count): then the object may go on past the crop, where the
+    guide could not look."""
+    if seen is None:
+        return False
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    if rows.size == 0:
+        return False
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    height, width = seen.shape
+    inside = probability[y0 : y1 + 1, x0 : x1 + 1] >= threshold
+    return bool(
+        (y0 > 0 and inside[0].any())
+        or (y1 < height - 1 and inside[-1].any())
+        or (x0 > 0 and inside[:, 0].any())
+        or (x1 < width - 1 and inside[:, -1].any())
+    )
+
+
+def average_seen(
+    probability: np.ndarray,
+    seen: np.ndarray | None,
+    other: np.ndarray,
+    other_seen: np.ndarray | None,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Two guides' float ``(Y, X)`` answers for one slice, averaged, except outside a guide's crop
+    (``seen``, None = the whole slice) when that guide's object was cut by the crop's edge: there the
+    other guide answers alone.
+
+    A guide whose crop cut its object has no answer past the cut, only zeros: averaging those in halved
+    the probability at the edge an object moves towards, so an object that moves across the slices (a rib
+    on axial CT) lost its leading edge at every re-guiding and shrank until propagation stopped. A guide
+    whose object ends inside its crop did see that nothing is there: its zeros stay in the mean, and keep
+    a leak of the other guide's in check."""
+    seen = seen if cut_by_crop(probability, seen, threshold) else None
+    other_seen = other_seen if cut_by_crop(other, other_seen, threshold) else None
+    mean = (probability + other) / 2
+    if seen is not None:
+        mean = np.where(seen, mean, other)
+    if other_seen is not None:
+        mean = np.where(other_seen, mean, probability)
+    return mean.astype(np.float32, copy=False)
+
+
 def uses_overlapping_guides(predictor: SlicePredictor) -> TypeGuard[ScoringPredictor]:
     """Whether the loop averages two guides per slice for this predictor (see ``_overlapping_direction_chunks``)."""
     return isinstance(predictor, ScoringPredictor) and predictor.overlapping_guides
@@ -320,7 +368,8 @@ def _overlapping_direction_chunks(
     """``_direction_chunks`` with overlapping guides: each guide predicts ``slices_per_guide`` slices (the
     chunk, at most ``OVERLAP_WINDOW_SLICES``) but only the nearer half is kept; the next guide is the last
     kept slice, and its predictions of the slices the previous guide also reached are averaged with those
-    (probabilities and object-present probabilities).
+    (probabilities and object-present probabilities; past a crop that cut its object a guide has no say,
+    see ``average_seen``).
 
     So every slice past the first half-window is the mean of two guides, one 1..h and one h+1..2h slices
     away (h = half the window, 4 on thin-slice scans): drift from either guide is damped, and stopping
@@ -330,7 +379,7 @@ def _overlapping_direction_chunks(
     predicted, keep = slices_per_guide(predictor, chunk), slices_kept_per_guide(predictor, chunk)
     views = guide_views(predictor)
     guide_z, guide_mask = start_z, start_mask
-    earlier: dict[int, tuple[np.ndarray, float]] = {}  # slice -> the previous guide's answer
+    earlier: dict[int, _Answer] = {}  # slice -> the previous guide's answer
     while True:
         targets_z = list(range(guide_z + step, last_z + step, step))[:predicted]
         if not targets_z:
@@ -343,12 +392,15 @@ def _overlapping_direction_chunks(
             spacing_yx,
             view=next(views),
         )
-        answers: dict[int, tuple[np.ndarray, float]] = {}
+        answers: dict[int, _Answer] = {}
         for z, probability, present in zip(targets_z, scored.probabilities, scored.present, strict=True):
+            seen = scored.seen
             if z in earlier:
-                before_probability, before_present = earlier[z]
-                probability, present = (probability + before_probability) / 2, (present + before_present) / 2
-            answers[z] = (probability, float(present))
+                before_probability, before_present, before_seen = earlier[z]
+                probability = average_seen(probability, seen, before_probability, before_seen, threshold)
+                present = (present + before_present) / 2
+                seen = None if seen is None or before_seen is None else seen | before_seen
+            answers[z] = (probability, float(present), seen)
         candidates = (
             (z, (answers[z][0] >= threshold) & (answers[z][1] >= predictor.present_threshold))
             for z in targets_z[:keep]

@@ -12,10 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from ml.config import CROP_SCALE
 from ml.engine import Engine, MaskPrompt
 from ml.learned import LearnedPredictor
 from ml.predictor import ScoredSlices, ScoringPredictor, SliceClick, View, Window
-from ml.propagation import guide_views, slices_kept_per_guide, slices_per_guide, uses_overlapping_guides
+from ml.preprocess import box_of_mask, square_crop
+from ml.propagation import (
+    average_seen,
+    cut_by_crop,
+    guide_views,
+    slices_kept_per_guide,
+    slices_per_guide,
+    uses_overlapping_guides,
+)
 from tests.ml.tagged import square_truth, tagged_volume
 
 torch.set_num_threads(1)
@@ -146,6 +155,108 @@ def test_a_predictor_without_overlapping_guides_keeps_every_predicted_slice() ->
     assert [next(views) for _ in range(3)] == ["plain", "plain", "plain"]
 
 
+class CroppingOracle(ScoringOracle):
+    """Answers like a network that sees only its crop: the true mask at probability 0.9 inside PropSAM's
+    square crop around the guide, nothing outside it, and says so (``seen``)."""
+
+    def propagate_scored(
+        self,
+        guide_image: np.ndarray,
+        guide_mask: np.ndarray,
+        targets: np.ndarray,
+        window: Window,
+        spacing_yx: tuple[float, float],
+        *,
+        view: View = "plain",
+    ) -> ScoredSlices:
+        scored = super().propagate_scored(guide_image, guide_mask, targets, window, spacing_yx, view=view)
+        seen = square_crop(box_of_mask(guide_mask), CROP_SCALE).region(guide_mask.shape)
+        return ScoredSlices(
+            probabilities=0.9 * scored.probabilities * seen, present=scored.present, seen=seen
+        )
+
+
+def moving_square_truth(depth: int, first: int, last: int, size: int = 64) -> np.ndarray:
+    """An 8x8 square on slices ``first..last`` that moves one pixel along x per slice (a rib on axial CT)."""
+    truth = np.zeros((depth, size, size), dtype=bool)
+    for z in range(first, last + 1):
+        x0 = 4 + (z - first)
+        truth[z, 28:36, x0 : x0 + 8] = True
+    return truth
+
+
+def test_an_object_moving_across_slices_keeps_its_size_through_every_re_guiding() -> None:
+    truth = moving_square_truth(50, 2, 45)
+    oracle = CroppingOracle(truth)
+    steps = Engine(oracle).propagate(tagged_volume(50, 64), (1.0, 1.0, 1.0), MaskPrompt(2, truth[2]))
+    found = np.zeros_like(truth)
+    for step in steps:
+        found[step.z] = step.mask
+    # Every guide's crop leaves the square's leading edge out of the slices 3 or more away, and the next
+    # guide sees it: averaged with the earlier guide's zeros there, the edge fell under 0.5 and the square
+    # lost a column at each re-guiding until nothing was left.
+    assert [z for z in range(50) if found[z].any()] == list(range(2, 46))
+    assert all((found[z] == truth[z]).all() for z in range(2, 46))
+
+
+def slab(columns: range) -> np.ndarray:
+    """A ``(6, 10)`` answer of 0.9 on ``columns`` of every row, 0 elsewhere."""
+    answer = np.zeros((6, 10), dtype=np.float32)
+    answer[:, columns.start : columns.stop] = 0.9
+    return answer
+
+
+def crop(columns: range) -> np.ndarray:
+    """A ``(6, 10)`` crop region: ``columns`` of every row."""
+    return slab(columns) > 0
+
+
+def test_past_the_edge_of_a_crop_that_cut_the_object_the_other_guide_answers_alone() -> None:
+    far, far_crop = slab(range(3, 6)), crop(range(0, 6))  # reaches its crop's edge (column 5)
+    near, near_crop = slab(range(3, 8)), crop(range(2, 10))  # ends inside its crop
+    mean = average_seen(near, near_crop, far, far_crop)
+    assert np.allclose(mean[:, 3:6], 0.9) and np.allclose(mean[:, 6:8], 0.9)  # not 0.45: far could not look
+    assert not mean[:, [0, 1, 2, 8, 9]].any()
+
+
+def test_an_object_reaching_the_slice_border_is_not_cut_by_a_crop_that_ends_there() -> None:
+    answer, at_border = slab(range(7, 10)), crop(range(4, 10))  # the crop's right side is the slice's
+    assert not cut_by_crop(answer, at_border, 0.5)
+    assert cut_by_crop(answer, crop(range(4, 9)), 0.5)
+    assert not cut_by_crop(answer, None, 0.5)
+
+
+def test_a_guide_whose_object_ends_inside_its_crop_keeps_its_zeros_in_the_mean() -> None:
+    far, far_crop = slab(range(3, 5)), crop(range(0, 6))  # ends before its crop's edge
+    near, near_crop = slab(range(3, 8)), crop(range(2, 10))
+    mean = average_seen(near, near_crop, far, far_crop)
+    assert np.allclose(mean[:, 3:5], 0.9) and np.allclose(mean[:, 5:8], 0.45)  # a leak of near's is halved
+    assert np.allclose(average_seen(near, None, far, None), (near + far) / 2)
+
+
+def test_the_learned_predictor_says_which_pixels_its_crop_covered_only_when_asked(
+    untrained: LearnedPredictor,
+) -> None:
+    volume = np.random.default_rng(3).normal(0, 1, (3, 64, 64)).astype(np.float32)
+    guide_mask = np.zeros((64, 64), dtype=bool)
+    guide_mask[10:20, 40:50] = True  # crop 15 px, centred on the box
+    corner = np.zeros((64, 64), dtype=bool)
+    corner[0:10, 56:64] = True  # its 15 px crop hangs over the slice's top and right edges
+    args = (volume[1:], Window(-2.0, 2.0), (1.0, 1.0))
+    assert untrained.propagate_scored(volume[0], guide_mask, *args).seen is None  # the shipped choice
+    untrained.crop_aware_averaging = True
+    try:
+        scored = untrained.propagate_scored(volume[0], guide_mask, *args)
+        at_corner = untrained.propagate_scored(volume[0], corner, *args)
+    finally:
+        untrained.crop_aware_averaging = False
+    assert scored.seen is not None and scored.seen.sum() == 15 * 15
+    assert scored.seen[10:20, 40:50].all() and not scored.probabilities[:, ~scored.seen].any()
+    assert (
+        at_corner.seen is not None and at_corner.seen.sum() == 12 * 12 and at_corner.seen[0:12, 52:64].all()
+    )
+
+
 @pytest.fixture(scope="module")
 def untrained() -> LearnedPredictor:
     torch.manual_seed(0)
@@ -187,3 +298,13 @@ def test_learned_propagate_is_the_scored_answer_gated_by_the_present_threshold(
     kept = scored.present >= float(np.median(scored.present))
     assert np.allclose(gated[kept], scored.probabilities[kept], atol=1e-5)
     assert not gated[~kept].any()
+
+
+def test_the_shipped_engine_averages_plainly_and_comparisons_can_ask_for_crop_aware_averaging() -> None:
+    from ml.engine import load_engine
+    from ml.evaluate import parse_args
+
+    assert load_engine(device="cpu").predictor.crop_aware_averaging is False
+    assert load_engine(device="cpu", crop_aware_averaging=True).predictor.crop_aware_averaging is True
+    assert parse_args(["somewhere", "--crop-aware-averaging"]).crop_aware_averaging is True
+    assert parse_args(["somewhere"]).crop_aware_averaging is False
