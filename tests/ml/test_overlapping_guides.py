@@ -32,15 +32,20 @@ torch.set_num_threads(1)
 
 class ScoringOracle:
     """True masks from a scriptable guide: ``present_by_guide[g][z]`` overrides the present probability
-    guide ``g`` gives slice ``z`` (default 1 inside the object, 0 outside).
+    guide ``g`` gives slice ``z`` (default 1 inside the object, 0 outside). With ``sees_only_its_crop`` it
+    answers like a network that sees only its crop: the true mask at probability 0.9 inside PropSAM's
+    square crop around the guide, nothing outside it, and says where the crop lay (``seen``).
 
     ``calls`` logs ``(guide_z, [target z, ...], view)``."""
 
     name = "scoring-oracle"
     present_threshold = 0.5
 
-    def __init__(self, truth: np.ndarray, *, flip_averaging: bool = True) -> None:
+    def __init__(
+        self, truth: np.ndarray, *, flip_averaging: bool = True, sees_only_its_crop: bool = False
+    ) -> None:
         self.truth = truth
+        self.sees_only_its_crop = sees_only_its_crop
         self.overlapping_guides = True
         self.flip_averaging = flip_averaging
         self.present_by_guide: dict[int, dict[int, float]] = {}
@@ -84,10 +89,12 @@ class ScoringOracle:
         target_z = [int(target[0, 0]) for target in targets]
         self.calls.append((guide_z, target_z, view))
         scripted = self.present_by_guide.get(guide_z, {})
-        present = [scripted.get(z, float(self.truth[z].any())) for z in target_z]
-        return ScoredSlices(
-            probabilities=self.truth[target_z].astype(np.float32), present=np.asarray(present, np.float32)
-        )
+        present = np.asarray([scripted.get(z, float(self.truth[z].any())) for z in target_z], np.float32)
+        probabilities = self.truth[target_z].astype(np.float32)
+        if not self.sees_only_its_crop:
+            return ScoredSlices(probabilities=probabilities, present=present)
+        seen = square_crop(box_of_mask(guide_mask), CROP_SCALE).region(guide_mask.shape)
+        return ScoredSlices(probabilities=0.9 * probabilities * seen, present=present, seen=seen)
 
 
 def propagated(oracle: ScoringOracle, truth: np.ndarray, prompt_z: int) -> list:
@@ -155,27 +162,6 @@ def test_a_predictor_without_overlapping_guides_keeps_every_predicted_slice() ->
     assert [next(views) for _ in range(3)] == ["plain", "plain", "plain"]
 
 
-class CroppingOracle(ScoringOracle):
-    """Answers like a network that sees only its crop: the true mask at probability 0.9 inside PropSAM's
-    square crop around the guide, nothing outside it, and says so (``seen``)."""
-
-    def propagate_scored(
-        self,
-        guide_image: np.ndarray,
-        guide_mask: np.ndarray,
-        targets: np.ndarray,
-        window: Window,
-        spacing_yx: tuple[float, float],
-        *,
-        view: View = "plain",
-    ) -> ScoredSlices:
-        scored = super().propagate_scored(guide_image, guide_mask, targets, window, spacing_yx, view=view)
-        seen = square_crop(box_of_mask(guide_mask), CROP_SCALE).region(guide_mask.shape)
-        return ScoredSlices(
-            probabilities=0.9 * scored.probabilities * seen, present=scored.present, seen=seen
-        )
-
-
 def moving_square_truth(depth: int, first: int, last: int, size: int = 64) -> np.ndarray:
     """An 8x8 square on slices ``first..last`` that moves one pixel along x per slice (a rib on axial CT)."""
     truth = np.zeros((depth, size, size), dtype=bool)
@@ -187,7 +173,7 @@ def moving_square_truth(depth: int, first: int, last: int, size: int = 64) -> np
 
 def test_an_object_moving_across_slices_keeps_its_size_through_every_re_guiding() -> None:
     truth = moving_square_truth(50, 2, 45)
-    oracle = CroppingOracle(truth)
+    oracle = ScoringOracle(truth, sees_only_its_crop=True)
     steps = Engine(oracle).propagate(tagged_volume(50, 64), (1.0, 1.0, 1.0), MaskPrompt(2, truth[2]))
     found = np.zeros_like(truth)
     for step in steps:
