@@ -30,7 +30,7 @@ import argparse
 import os
 import pathlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -220,13 +220,19 @@ def load_weights(path: pathlib.Path) -> tuple[Box2Mask, PropMask, dict[str, Any]
     return box2mask, propmask, metadata
 
 
-def _blended(base: Box2Mask, tuned: Box2Mask, blend: float) -> Box2Mask:
+BlendedNetwork = TypeVar("BlendedNetwork", Box2Mask, PropMask)
+
+
+def _blended(base: BlendedNetwork, tuned: BlendedNetwork, blend: float) -> BlendedNetwork:
     """``tuned`` with its weights set to ``(1 - blend) * base + blend * tuned`` (weight-space interpolation,
     as in WiSE-FT: it keeps more of the base network's behaviour on data the fine-tune never saw)."""
     if not 0.0 < blend <= 1.0:
         raise ValueError(f"blend must be in (0, 1], got {blend}")
     if tuned.config != base.config:
-        raise ValueError("the fine-tuned Box2Mask must have the same configuration as Box2Mask")
+        kind = type(base).__name__
+        raise ValueError(
+            f"the fine-tuned {kind} must have the same configuration as the {kind} it is blended with"
+        )
     if blend < 1.0:
         base_state, tuned_state = base.state_dict(), tuned.state_dict()
         tuned.load_state_dict(
@@ -287,7 +293,10 @@ def replace_box2mask(weights_file: pathlib.Path, training_state: pathlib.Path, b
 
 
 def replace_propmask(
-    weights_file: pathlib.Path, training_state: pathlib.Path, keep_for_small_crops: bool = False
+    weights_file: pathlib.Path,
+    training_state: pathlib.Path,
+    keep_for_small_crops: bool = False,
+    blend: float = 1.0,
 ) -> None:
     """Replace the PropMask of ``weights_file`` by the PropMask of ``training_state`` (a ``python -m
     ml.train --networks propmask`` fine-tune, possibly at another input size: its config comes with it);
@@ -296,10 +305,15 @@ def replace_propmask(
     ``keep_for_small_crops``: the file's PropMask becomes its small-crop PropMask (see
     ``LearnedPredictor``) instead of being dropped; otherwise the file's small-crop PropMask stays as it was
     and the replaced PropMask's ``propmask_fine_tune`` record moves to ``propmask_history``.
+
+    ``blend`` < 1 stores ``(1 - blend) * file's PropMask + blend * fine-tuned PropMask`` instead (see
+    ``_blended``; both must have the same configuration, input size included).
     """
     networks = load_shipped_networks(weights_file)
     metadata = networks.metadata
     _, tuned, tuned_metadata = load_weights(training_state)
+    # At blend 1 the fine-tune may bring its own configuration (another input size); a blend needs the same.
+    blended = tuned if blend == 1.0 else _blended(networks.propmask, tuned, blend)
     if keep_for_small_crops:
         networks.small_crop_propmask = networks.propmask
         # Where the kept network came from, written out now: "the previous PropMask" would name another
@@ -310,8 +324,8 @@ def replace_propmask(
         }
     elif "propmask_fine_tune" in metadata:
         metadata.setdefault("propmask_history", []).append(metadata["propmask_fine_tune"])
-    metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, 1.0)
-    networks.propmask = tuned
+    metadata["propmask_fine_tune"] = _fine_tune_record(training_state, tuned_metadata, blend)
+    networks.propmask = blended
     _resave(weights_file, networks)
 
 
@@ -375,6 +389,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep the file's PropMask for the calls whose crop is at its smallest side (tiny objects)",
     )
+    replace_propmask_command.add_argument(
+        "--blend",
+        type=float,
+        default=1.0,
+        help="share of the fine-tuned weights; the rest is the file's own PropMask (default 1.0)",
+    )
     attach_refiner_command = commands.add_parser(
         "attach-refiner", help="a trained slice refiner -> the refiner of a weights file"
     )
@@ -393,7 +413,9 @@ def main(argv: list[str] | None = None) -> None:
         store(args.weights_file, args.training_state, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "replace-propmask":
-        replace_propmask(args.weights_file, args.training_state, args.keep_for_small_crops)
+        if not 0.0 < args.blend <= 1.0:
+            parser.error(f"--blend must be in (0, 1], got {args.blend}")
+        replace_propmask(args.weights_file, args.training_state, args.keep_for_small_crops, args.blend)
         print(f"wrote {args.weights_file} ({args.weights_file.stat().st_size / 1e6:.1f} MB)")
     elif args.command == "attach-refiner":
         attach_refiner(args.weights_file, args.refiner_state)

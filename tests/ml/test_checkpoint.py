@@ -15,6 +15,7 @@ from ml.checkpoint import (
     load_small_crop_propmask,
     load_training_state,
     load_weights,
+    main,
     replace_box2mask,
     replace_propmask,
     save_training_state,
@@ -256,6 +257,35 @@ def test_replacing_propmask_keeps_both_box2masks_and_carries_the_new_input_size(
             loaded_corrections.eval()(box_inputs)[0], corrections.eval()(box_inputs)[0], **close
         )
     assert metadata["step"] == 5 and metadata["propmask_fine_tune"]["step"] == 9
+
+
+def test_a_blended_propmask_lies_halfway_and_a_blend_across_input_sizes_changes_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    import dataclasses
+
+    propmask = PropMask(PROP)
+    save_weights(tmp_path / WEIGHTS_FILE, Box2Mask(BOX), propmask, {"step": 5}, half=False)
+    fine_tuned = PropMask(PROP)
+    save_training_state(tmp_path / "tuned.pt", Box2Mask(BOX), fine_tuned, {}, 9, {}, {})
+    smaller = PropMask(dataclasses.replace(PROP, input_size=16))
+    save_training_state(tmp_path / "smaller.pt", Box2Mask(BOX), smaller, {}, 9, {}, {})
+    name = next(key for key, value in propmask.state_dict().items() if value.is_floating_point())
+    with pytest.raises(ValueError, match="same configuration"):
+        replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "smaller.pt", blend=0.5)
+    with pytest.raises(ValueError, match="blend"):
+        replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.0)
+    with pytest.raises(SystemExit):
+        main(["replace-propmask", str(tmp_path / WEIGHTS_FILE), str(tmp_path / "tuned.pt"), "--blend", "1.5"])
+    unchanged = load_all_weights(tmp_path / WEIGHTS_FILE)[1].state_dict()[name]
+    torch.testing.assert_close(unchanged, propmask.state_dict()[name], rtol=0, atol=0)
+
+    replace_propmask(tmp_path / WEIGHTS_FILE, tmp_path / "tuned.pt", blend=0.5)
+
+    _, blended, _, metadata = load_all_weights(tmp_path / WEIGHTS_FILE)
+    expected = 0.5 * propmask.state_dict()[name] + 0.5 * fine_tuned.state_dict()[name]
+    torch.testing.assert_close(blended.state_dict()[name], expected, rtol=1e-3, atol=1e-3)
+    assert metadata["propmask_fine_tune"]["blend"] == 0.5
 
 
 def test_a_propmask_kept_for_small_crops_survives_every_later_rewrite_of_the_file(
