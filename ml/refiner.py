@@ -51,8 +51,11 @@ def slices_to_refine(mask: np.ndarray, config: RefinerConfig) -> np.ndarray:
     filled = mask.any(axis=(1, 2))
     if not filled.any():
         return np.zeros(0, dtype=int)
-    reach = np.convolve(filled.astype(int), np.ones(2 * config.mask_context + 1, dtype=int), mode="same")
-    return np.flatnonzero(reach > 0)
+    context = config.mask_context
+    # "full" and a slice rather than mode="same": "same" returns the kernel's length when the volume has
+    # fewer slices than the kernel (2 * context + 1), which indexed slices past a short volume's end.
+    reach = np.convolve(filled.astype(int), np.ones(2 * context + 1, dtype=int), mode="full")
+    return np.flatnonzero(reach[context : context + filled.size] > 0)
 
 
 def _neighbour_indices(z: int, context: int) -> list[int]:

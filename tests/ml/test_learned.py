@@ -255,6 +255,24 @@ def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor
     assert np.mean(scores) >= 0.65, f"shipped weights give mean Dice {np.mean(scores):.3f} on {validation}"
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_the_shipped_engine_segments_volumes_with_fewer_slices_than_its_refiner_looks_at(depth: int) -> None:
+    """A single slice or a short stack (the slice refiner reads 5 slices of masks) is segmented, not refused
+    or crashed on (an IndexError in session 23, found on the shared 3-slice CT)."""
+    from ml.engine import BoxPrompt, load_engine
+
+    rows, cols = np.mgrid[:96, :96]
+    disk = (rows - 48) ** 2 + (cols - 44) ** 2 <= 15**2
+    volume = np.random.default_rng(depth).normal(40.0, 8.0, size=(depth, 96, 96)).astype(np.float32)
+    volume[:, disk] += 120.0
+    truth = np.repeat(disk[None], depth, axis=0)
+
+    result = load_engine(device="cpu").segment(volume, (1.0, 0.8, 0.8), BoxPrompt(depth // 2, 33, 29, 63, 59))
+
+    assert result.shape == truth.shape
+    assert 2 * (result & truth).sum() / (result.sum() + truth.sum()) > 0.9
+
+
 @pytest.mark.shared_data
 def test_a_negative_click_on_a_leak_into_the_touching_label_removes_it_and_keeps_the_object() -> None:
     """The correction a user makes most: the mask spilled into the neighbouring structure (here the other

@@ -62,6 +62,16 @@ def test_slices_within_the_mask_context_of_the_object_are_visited() -> None:
     assert slices_to_refine(np.zeros_like(mask), TINY).size == 0
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_a_volume_shorter_than_the_mask_context_is_refined_slice_by_slice(depth: int) -> None:
+    volume = np.random.default_rng(depth).normal(size=(depth, 40, 40)).astype(np.float32)
+    mask = np.zeros((depth, 40, 40), dtype=bool)
+    mask[:, 12:24, 12:24] = True
+    assert slices_to_refine(mask, TINY).tolist() == list(range(depth))
+    refined = refine_mask(SliceRefiner(TINY).eval(), volume, mask)
+    assert refined.shape == (depth, 40, 40)
+
+
 def test_kept_slices_are_never_redrawn() -> None:
     volume = np.random.default_rng(0).normal(size=(12, 40, 40)).astype(np.float32)
     mask = np.zeros((12, 40, 40), dtype=bool)
