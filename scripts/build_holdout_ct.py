@@ -1,14 +1,19 @@
-"""Build the held-out CT evaluation set from ``../shared/data/dicom/ct_series_20slice``.
+"""Build the held-out CT evaluation sets from ``../shared/data/dicom``.
 
     python scripts/build_holdout_ct.py [--shared ../shared/data] [--out var/holdout]
 
-The 20-slice CT series (512 x 512, 0.98 x 0.98 x 2 mm, JPEG 2000) and its TotalSegmentator label map are
-imported with the product's own readers (``annotator.imaging``: DICOM geometry, the label file's y-flipped
-direction resolved in world space) and written as a one-case nnU-Net raw data set,
-``<out>/Dataset900_CTSeries20Holdout``, that ``python -m ml.evaluate`` reads. No network was trained on this
-series and no ml choice was made on it (model card, "Session 18"): it is the held-out check of issue 4's
-"leave one data set out" line. The output is derived from ../shared/data and lands in ``var/`` (ignored by
-git) unless told otherwise; it must never be committed.
+Two one-case nnU-Net raw data sets that ``python -m ml.evaluate`` reads, each imported with the product's
+own readers (``annotator.imaging``: DICOM geometry, label files resolved in world space):
+
+* ``<out>/Dataset900_CTSeries20Holdout``: the 20-slice CT series (512 x 512, 0.98 x 0.98 x 2 mm, JPEG 2000)
+  and its TotalSegmentator label map (stored y-flipped). No network was trained on it; it has informed
+  ml choices since session 18 (model card), so it is no longer a clean check.
+* ``<out>/Dataset901_DcmqiCT3SliceHoldout``: dcmqi's 3-slice abdominal CT (512 x 512, 0.81 x 0.81 x 1 mm)
+  with its hand-drawn NRRD label maps: liver, spine, and the map its authors named "heart", which outlines
+  the stomach. Human labels, first evaluated in session 23; no ml choice was made on it.
+
+Both are the held-out checks of issue 4's "leave one data set out" line. The output is derived from
+../shared/data and lands in ``var/`` (ignored by git) unless told otherwise; it must never be committed.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ CASE_ID = "ct_series_20slice"
 LIVER = 5
 MIN_LIVER_MEAN_HU = 40.0  # the shared README: 89 HU when aligned in world space, -75 HU when overlaid naively
 
+HAND_SERIES = "dicom/dcmqi_ct3slice"
+HAND_DATASET_NAME = "Dataset901_DcmqiCT3SliceHoldout"
+HAND_CASE_ID = "dcmqi_ct3slice"
+HAND_LABELS: tuple[tuple[str, str, int], ...] = (
+    # (label map file, value in it, name); written in this order, a later map never overwrites an earlier
+    # one's voxels (the stomach outline overlaps the liver's by ~500 voxels).
+    ("liver_spine_seg.nrrd", 1, "liver"),
+    ("liver_spine_seg.nrrd", 2, "spine"),
+    ("heart_seg.nrrd", 3, "stomach_labelled_heart"),
+)
+MIN_SPINE_MEAN_HU = 200.0  # bone; the aligned spine map averages ~330 HU, soft tissue would be < 100
+
 
 def build(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """Write the data set below ``out`` and return its folder.
@@ -54,39 +71,101 @@ def build(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     if liver_hu < MIN_LIVER_MEAN_HU:
         raise SystemExit(f"label misaligned: mean HU inside the liver is {liver_hu:.0f}, expected ~89")
 
-    dataset = out / DATASET_NAME
+    present = sorted(int(value) for value in np.unique(labels) if value)
+    by_value = {int(value): name for name, value in names.items()}
+    return _write_dataset(
+        out / DATASET_NAME,
+        CASE_ID,
+        image,
+        labels,
+        volume.spacing,
+        {by_value[value]: value for value in present},
+        source=SERIES,
+        label_origin="TotalSegmentator --fast output (silver), not ground truth",
+        notes=f"liver mean {liver_hu:.0f} HU after world-space alignment",
+    )
+
+
+def build_hand_labelled(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """Write the dcmqi 3-slice set below ``out`` and return its folder.
+
+    Raises:
+        SystemExit: the shared folder is missing, or the aligned spine map does not sit on bone.
+    """
+    series_dir = shared / HAND_SERIES
+    if not series_dir.is_dir():
+        raise SystemExit(f"{series_dir} not found: pass --shared pointing at the shared data folder")
+    with tempfile.TemporaryDirectory() as work:
+        files = sorted((series_dir / "ct").glob("*.dcm"))
+        (volume,) = read_upload(files, pathlib.Path(work), ImportLimits()).volumes
+        maps = {
+            name: align_label(series_dir / "nrrd" / name, volume, allowed_values=None)
+            for name, _, _ in HAND_LABELS
+        }
+    image = np.asarray(volume.array, dtype=np.int16)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    names: dict[str, int] = {}
+    for number, (file_name, value, name) in enumerate(HAND_LABELS, start=1):
+        labels[(maps[file_name] == value) & (labels == 0)] = number
+        names[name] = number
+    spine_hu = float(image[labels == names["spine"]].mean())
+    if spine_hu < MIN_SPINE_MEAN_HU:
+        raise SystemExit(f"label misaligned: mean HU inside the spine is {spine_hu:.0f}, expected ~330")
+    return _write_dataset(
+        out / HAND_DATASET_NAME,
+        HAND_CASE_ID,
+        image,
+        labels,
+        volume.spacing,
+        names,
+        source=HAND_SERIES,
+        label_origin="hand-drawn test segmentations (dcmqi); the map named 'heart' outlines the stomach",
+        notes=f"spine mean {spine_hu:.0f} HU after world-space alignment",
+    )
+
+
+def _write_dataset(
+    dataset: pathlib.Path,
+    case_id: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    names: dict[str, int],
+    *,
+    source: str,
+    label_origin: str,
+    notes: str,
+) -> pathlib.Path:
+    """One image and its label map (both ``(Z, Y, X)``) as a one-case nnU-Net raw data set."""
     for sub in ("imagesTr", "labelsTr"):
         (dataset / sub).mkdir(parents=True, exist_ok=True)
-    sz, sy, sx = volume.spacing
+    sz, sy, sx = spacing
     # ml.objects reads NIfTI voxel axes (i, j, k) = (x, y, z) and zooms as the spacing.
     affine = np.diag([sx, sy, sz, 1.0])
     nib.save(
         nib.Nifti1Image(image.transpose(2, 1, 0), affine),
-        str(dataset / "imagesTr" / f"{CASE_ID}_0000.nii.gz"),
+        str(dataset / "imagesTr" / f"{case_id}_0000.nii.gz"),
     )
     nib.save(
         nib.Nifti1Image(labels.astype(np.uint8).transpose(2, 1, 0), affine),
-        str(dataset / "labelsTr" / f"{CASE_ID}.nii.gz"),
+        str(dataset / "labelsTr" / f"{case_id}.nii.gz"),
     )
-    present = sorted(int(value) for value in np.unique(labels) if value)
-    by_value = {int(value): name for name, value in names.items()}
     (dataset / "dataset.json").write_text(
         json.dumps(
             {
                 "channel_names": {"0": "CT"},
-                "labels": {"background": 0, **{by_value[value]: value for value in present}},
+                "labels": {"background": 0, **names},
                 "numTraining": 1,
                 "file_ending": ".nii.gz",
-                "source": f"../shared/data/{SERIES} (built by scripts/build_holdout_ct.py)",
-                "label_origin": "TotalSegmentator --fast output (silver), not ground truth",
-                "notes": f"liver mean {liver_hu:.0f} HU after world-space alignment",
+                "source": f"../shared/data/{source} (built by scripts/build_holdout_ct.py)",
+                "label_origin": label_origin,
+                "notes": notes,
             },
             indent=1,
         )
     )
     print(
-        f"{dataset}: {image.shape[::-1]} voxels (x, y, z), spacing {volume.spacing[::-1]} mm, "
-        f"{len(present)} labels, liver mean {liver_hu:.0f} HU"
+        f"{dataset}: {image.shape[::-1]} voxels (x, y, z), spacing {spacing[::-1]} mm, {len(names)} labels, {notes}"
     )
     return dataset
 
@@ -97,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "var" / "holdout")
     args = parser.parse_args(argv)
     build(args.shared, args.out)
+    build_hand_labelled(args.shared, args.out)
     return 0
 
 
