@@ -340,6 +340,7 @@ def load_engine(
     chunk_mm: float = DEFAULT_CHUNK_MM,
     slice_refinement: bool = True,
     crop_aware_averaging: bool | None = None,
+    focused_corrections: bool | None = None,
 ) -> Engine:
     """Build an engine.
 
@@ -352,6 +353,8 @@ def load_engine(
         slice_refinement: False leaves out the weights' slice refiner (learned only; for comparisons).
         crop_aware_averaging: overrides the shipped choice (``ml.learned.SHIPPED_CROP_AWARE_AVERAGING``;
             learned only; for comparisons).
+        focused_corrections: overrides the shipped choice (``ml.learned.SHIPPED_FOCUSED_CORRECTIONS``; learned
+            only; for comparisons).
 
     Raises:
         ValueError: unknown ``kind``.
@@ -366,7 +369,11 @@ def load_engine(
 
         directory = pathlib.Path(weights_dir) if weights_dir is not None else None
         try:
-            options = {} if crop_aware_averaging is None else {"crop_aware_averaging": crop_aware_averaging}
+            overrides = {
+                "crop_aware_averaging": crop_aware_averaging,
+                "focused_corrections": focused_corrections,
+            }
+            options = {name: value for name, value in overrides.items() if value is not None}
             predictor = load_learned_predictor(
                 weights_dir=directory, device=device, slice_refinement=slice_refinement, **options
             )

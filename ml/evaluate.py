@@ -223,6 +223,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="learned engine whose loop lets one guide answer alone past a crop that cut the other's object "
         "(measured in session 22, not shipped)",
     )
+    parser.add_argument(
+        "--focused-corrections",
+        action="store_true",
+        help="learned engine whose correction clicks change their slice only near the click "
+        "(measured in session 23, not shipped)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-object lines")
     args = parser.parse_args(argv)
     if args.corrections < 0:
@@ -245,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device=args.device,
                 slice_refinement=not args.no_slice_refiner,
                 crop_aware_averaging=True if args.crop_aware_averaging else None,
+                focused_corrections=True if args.focused_corrections else None,
             )
             if args.engine == "learned"
             else load_engine("classical")

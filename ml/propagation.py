@@ -37,7 +37,9 @@ Propagation from a prompt on slice ``g``:
 Refinement (``refine_steps``, RadSAM edit mode): clicked slices are corrected by the predictor, edited
 slices are taken as given, and each corrected slice is re-propagated away from the object's anchor
 (the prompt slice) until the new slices agree with the old mask again, at a threshold calibrated from that
-corrected slice.
+corrected slice. With a predictor that asks for focused corrections (an option, not shipped: see
+``ml.learned.SHIPPED_FOCUSED_CORRECTIONS``), a click on a slice that already has a mask changes it only near
+the click (``focus_region``, after FocalClick).
 
 Directions: ``"up"`` walks towards increasing ``z``, ``"down"`` towards decreasing ``z``.
 """
@@ -87,6 +89,11 @@ CALIBRATION_MARGIN = 0.02
 measuring: on images like the training ones 0.5 should stand unless the evidence is clear)."""
 AGREEMENT_DICE = 0.9
 """Refinement stops in a direction once the re-propagated slice agrees this well with the old mask."""
+FOCUS_RADIUS_FRACTION = 0.5
+"""A focused correction changes its slice only within this share of ``sqrt(area of the slice's mask)`` of
+the click (``focus_region``); fixed before measuring, never tuned."""
+FOCUS_MIN_RADIUS_PX = 6.0
+"""... and at least within this many pixels (objects a few pixels across)."""
 NEIGHBOUR_PRIOR_REACH = 3
 """A positive click on a slice where the object is missing borrows, as the prior to correct, the object's
 mask on the nearest non-empty slice at most this many slices away (see ``corrected_slices``)."""
@@ -656,6 +663,25 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(mask, structure=_EIGHT_CONNECTED)
 
 
+def uses_focused_corrections(predictor: SlicePredictor) -> bool:
+    """Whether a click on a slice with a mask may change that slice only near the click (``focus_region``)."""
+    return bool(getattr(predictor, "focused_corrections", False))
+
+
+def focus_region(mask: np.ndarray, clicks: Sequence[SliceClick]) -> np.ndarray:
+    """bool ``(Y, X)``: the disks around ``clicks`` that a focused correction of ``mask`` may change.
+
+    Radius ``max(FOCUS_MIN_RADIUS_PX, FOCUS_RADIUS_FRACTION * sqrt(mask area))`` pixels: half the side of a
+    square as large as the object, so a click reaches the outline it is on and not the far side of the object.
+    """
+    radius = max(FOCUS_MIN_RADIUS_PX, FOCUS_RADIUS_FRACTION * float(np.sqrt(mask.sum())))
+    rows, cols = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    region = np.zeros(mask.shape, dtype=bool)
+    for click in clicks:
+        region |= (rows - click.y) ** 2 + (cols - click.x) ** 2 <= radius**2
+    return region
+
+
 def corrected_slices(
     predictor: SlicePredictor,
     volume: np.ndarray,
@@ -667,11 +693,13 @@ def corrected_slices(
     """New 2D masks for every edited or clicked slice (validated inputs).
 
     Edited masks are taken as given; clicks then correct the slice's mask (the edited one if any, else
-    the old one) with ``predictor.prompt_mask(clicks=..., prior=...)``. Negative clicks on an empty slice
-    have nothing to remove and leave it empty. A positive click on an empty slice next to the object (the
-    propagation stopped too early) corrects the neighbouring slice's mask instead (``_neighbour_prior``):
-    Box2Mask was trained on exactly that, while a click alone on a wide crop can grab a whole neighbouring
-    organ, which the re-propagation would then carry through the volume.
+    the old one) with ``predictor.prompt_mask(clicks=..., prior=...)``. With focused corrections
+    (``uses_focused_corrections``) the answer replaces that mask only within ``focus_region`` of the clicks.
+    Negative clicks on an empty slice have nothing to remove and leave it empty. A positive click on an empty
+    slice next to the object (the propagation stopped too early) corrects the neighbouring slice's mask
+    instead (``_neighbour_prior``): Box2Mask was trained on exactly that, while a click alone on a wide crop
+    can grab a whole neighbouring organ, which the re-propagation would then carry through the volume. That
+    answer is not focused: the slice had nothing to keep.
 
     Returns:
         ``{z: bool (Y, X)}`` sorted by ``z``.
@@ -686,9 +714,10 @@ def corrected_slices(
         if not prior.any() and not positive:
             corrected[z] = prior.copy()
             continue
-        if not prior.any():
+        own_mask = prior if prior.any() else None
+        if own_mask is None:
             prior = _neighbour_prior(old_mask, corrected, z, positive[0])
-        corrected[z] = np.asarray(
+        answer = np.asarray(
             predictor.prompt_mask(
                 _slice(volume, z),
                 (spacing[1], spacing[2]),
@@ -697,6 +726,9 @@ def corrected_slices(
             ),
             dtype=bool,
         )
+        if own_mask is not None and uses_focused_corrections(predictor):
+            answer = np.where(focus_region(own_mask, slice_clicks), answer, own_mask)
+        corrected[z] = answer
     return dict(sorted(corrected.items()))
 
 

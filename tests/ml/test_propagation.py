@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from ml.engine import BoxPrompt, Click, Engine, MaskPrompt, PointPrompt, PropagationCancelled
 from ml.predictor import SliceClick, Window
-from ml.propagation import chunk_slices, growth_band_px, guard_growth, keep_connected
+from ml.propagation import chunk_slices, focus_region, growth_band_px, guard_growth, keep_connected
 from tests.ml.tagged import square_truth, tagged_volume
 
 
@@ -372,3 +372,70 @@ def test_the_growth_band_widens_with_the_slice_gap() -> None:
     slow = np.zeros((20, 20), dtype=bool)
     slow[5:15, 5:15] = True
     assert np.array_equal(guard_growth(slow, slow, 1), slow)  # no growth: untouched
+
+
+class RedrawingOracle(OraclePredictor):
+    """Answers a correction (a prompt with a prior) with the true slice plus a blob far from any click, like a
+    network that re-draws the whole slice for one click (tests the loop only)."""
+
+    def __init__(self, truth: np.ndarray, *, focused_corrections: bool) -> None:
+        super().__init__(truth)
+        self.focused_corrections = focused_corrections
+
+    def prompt_mask(self, image, spacing_yx, *, box=None, clicks=(), prior=None) -> np.ndarray:
+        answer = super().prompt_mask(image, spacing_yx, box=box, clicks=clicks, prior=prior)
+        if prior is not None:
+            answer[50:56, 50:56] = True
+        return answer
+
+
+def _big_square_truth(depth: int, first: int, last: int) -> np.ndarray:
+    truth = np.zeros((depth, 64, 64), dtype=bool)
+    truth[first : last + 1, 20:40, 20:40] = True
+    return truth
+
+
+@pytest.mark.parametrize("focused", [True, False])
+def test_a_click_fixes_the_outline_it_is_on_and_a_focused_one_nothing_far_from_it(focused: bool) -> None:
+    truth = _big_square_truth(30, 5, 25)
+    old = truth.copy()
+    old[15, 20:24, 26:34] = False  # a bite out of the top edge
+    oracle = RedrawingOracle(truth, focused_corrections=focused)
+    refined = Engine(oracle).refine(
+        tagged_volume(30, size=64), (1.0, 1.0, 1.0), old, clicks=[Click(15, 22, 30)], anchor_z=10
+    )
+    assert refined[15, 20:24, 26:34].all(), "the bite the click was on is filled"
+    assert refined[15, 50:56, 50:56].any() != focused, "only an unfocused correction adds the far blob"
+    assert np.array_equal(refined[:15], truth[:15]) and np.array_equal(refined[16:], truth[16:])
+
+
+def test_a_focused_click_on_an_empty_slice_takes_the_whole_answer() -> None:
+    truth = _big_square_truth(30, 5, 27)
+    old = truth.copy()
+    old[26:] = False  # propagation stopped two slices early: slice 26 has nothing to keep
+    refined = Engine(RedrawingOracle(truth, focused_corrections=True)).refine(
+        tagged_volume(30, size=64), (1.0, 1.0, 1.0), old, clicks=[Click(26, 30, 30)], anchor_z=10
+    )
+    assert refined[26, 20:40, 20:40].all(), "the square's corners lie beyond the focus radius and still come"
+
+
+def test_the_focus_reaches_half_the_side_of_a_square_as_large_as_the_mask() -> None:
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:30, 10:30] = True  # 400 px: radius 10
+    region = focus_region(mask, [SliceClick(20, 20, True)])
+    assert region[20, 30] and not region[20, 31] and region[10, 20] and not region[9, 20]
+    tiny = np.zeros((64, 64), dtype=bool)
+    tiny[5, 5] = True  # 1 px: the minimum radius, 6
+    assert focus_region(tiny, [SliceClick(5, 5, True)]).sum() == np.count_nonzero(
+        (np.arange(64)[:, None] - 5) ** 2 + (np.arange(64)[None, :] - 5) ** 2 <= 36
+    )
+
+
+def test_the_shipped_engine_takes_whole_correction_answers_and_comparisons_can_focus_them() -> None:
+    from ml.engine import load_engine
+    from ml.evaluate import parse_args
+
+    assert load_engine(device="cpu").predictor.focused_corrections is False
+    assert load_engine(device="cpu", focused_corrections=True).predictor.focused_corrections is True
+    assert parse_args(["somewhere", "--focused-corrections"]).focused_corrections is True
+    assert parse_args(["somewhere"]).focused_corrections is False
