@@ -419,8 +419,8 @@ validation case, Dice after 3 corrections, without -> with. After a box prompt (
 nothing): hippocampus 0.814 -> 0.825, left atrium 0.873 -> 0.873, TotalSegmentator CT 0.611 -> 0.615, MR
 0.729 -> 0.734, held-out CT series 0.658 -> 0.678 (classical 0.674). After a point prompt (the rule, written
 before these figures: no set more than 0.005 lower): hippocampus 0.761 -> 0.792, left atrium 0.875 -> 0.872,
-TotalSegmentator CT 0.397 -> 0.349, MR 0.580 -> 0.542, so it failed. After a click the first mask is often wrong as a whole (MR discs and
-vertebrae); a fix confined near the next click cannot move it."""
+TotalSegmentator CT 0.397 -> 0.349, MR 0.580 -> 0.542, so it failed. After a click the first mask is often
+wrong as a whole (MR discs and vertebrae); a fix confined near the next click cannot move it."""
 
 
 def load_learned_predictor(
