@@ -30,7 +30,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from annotator.imaging import ImportLimits, align_label, read_upload  # noqa: E402
+from annotator.imaging import ImportLimits, LoadedVolume, align_label, read_upload  # noqa: E402
 
 SERIES = "dicom/ct_series_20slice"
 NAMES_FROM = "Dataset003_TotalSegmentatorCT/dataset.json"  # the same TotalSegmentator 'total' ids
@@ -58,14 +58,10 @@ def build(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     Raises:
         SystemExit: the shared series is missing, or the aligned label does not sit on the liver.
     """
-    series_dir = shared / SERIES
-    if not series_dir.is_dir():
-        raise SystemExit(f"{series_dir} not found: pass --shared pointing at the shared data folder")
+    series_dir = _shared_folder(shared, SERIES)
     names = json.loads((shared / NAMES_FROM).read_text())["labels"]
-    with tempfile.TemporaryDirectory() as work:
-        files = sorted(path for path in (series_dir / "dicom").iterdir() if path.is_file())
-        (volume,) = read_upload(files, pathlib.Path(work), ImportLimits()).volumes
-        labels = align_label(series_dir / "example_seg_dicom.nii.gz", volume, allowed_values=None)
+    files = sorted(path for path in (series_dir / "dicom").iterdir() if path.is_file())
+    volume, (labels,) = _read_aligned(files, [series_dir / "example_seg_dicom.nii.gz"])
     image = np.asarray(volume.array, dtype=np.int16)
     liver_hu = float(image[labels == LIVER].mean())
     if liver_hu < MIN_LIVER_MEAN_HU:
@@ -92,16 +88,12 @@ def build_hand_labelled(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path
     Raises:
         SystemExit: the shared folder is missing, or the aligned spine map does not sit on bone.
     """
-    series_dir = shared / HAND_SERIES
-    if not series_dir.is_dir():
-        raise SystemExit(f"{series_dir} not found: pass --shared pointing at the shared data folder")
-    with tempfile.TemporaryDirectory() as work:
-        files = sorted((series_dir / "ct").glob("*.dcm"))
-        (volume,) = read_upload(files, pathlib.Path(work), ImportLimits()).volumes
-        maps = {
-            name: align_label(series_dir / "nrrd" / name, volume, allowed_values=None)
-            for name, _, _ in HAND_LABELS
-        }
+    series_dir = _shared_folder(shared, HAND_SERIES)
+    map_names = sorted({file_name for file_name, _, _ in HAND_LABELS})
+    volume, aligned = _read_aligned(
+        sorted((series_dir / "ct").glob("*.dcm")), [series_dir / "nrrd" / name for name in map_names]
+    )
+    maps = dict(zip(map_names, aligned, strict=True))
     image = np.asarray(volume.array, dtype=np.int16)
     labels = np.zeros(image.shape, dtype=np.uint8)
     names: dict[str, int] = {}
@@ -122,6 +114,22 @@ def build_hand_labelled(shared: pathlib.Path, out: pathlib.Path) -> pathlib.Path
         label_origin="hand-drawn test segmentations (dcmqi); the map named 'heart' outlines the stomach",
         notes=f"spine mean {spine_hu:.0f} HU after world-space alignment",
     )
+
+
+def _shared_folder(shared: pathlib.Path, relative: str) -> pathlib.Path:
+    folder = shared / relative
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} not found: pass --shared pointing at the shared data folder")
+    return folder
+
+
+def _read_aligned(
+    image_files: list[pathlib.Path], label_files: list[pathlib.Path]
+) -> tuple[LoadedVolume, list[np.ndarray]]:
+    """The series as the product imports it, and each label file resampled onto it in world space."""
+    with tempfile.TemporaryDirectory() as work:
+        (volume,) = read_upload(image_files, pathlib.Path(work), ImportLimits()).volumes
+        return volume, [align_label(path, volume, allowed_values=None) for path in label_files]
 
 
 def _write_dataset(
