@@ -7,7 +7,7 @@ own readers (``annotator.imaging``: DICOM geometry, label files resolved in worl
 
 * ``<out>/Dataset900_CTSeries20Holdout``: the 20-slice CT series (512 x 512, 0.98 x 0.98 x 2 mm, JPEG 2000)
   and its TotalSegmentator label map (stored y-flipped). No network was trained on it; it has informed
-  ml choices since session 18 (model card), so it is no longer a clean check.
+  ml choices since session 18 (``ml/weights/TRAINING_LOG.md``), so it is no longer a clean check.
 * ``<out>/Dataset901_DcmqiCT3SliceHoldout``: dcmqi's 3-slice abdominal CT (512 x 512, 0.81 x 0.81 x 1 mm)
   with its hand-drawn NRRD label maps: liver, spine, and the map its authors named "heart", which outlines
   the stomach. Human labels, first evaluated in session 23; no ml choice was made on it.
