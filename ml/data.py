@@ -1,7 +1,7 @@
 """Training data: nnU-Net v2 raw data sets -> canonical volumes, object extraction, synthetic volumes.
 
 Canonical arrays follow docs/ARCHITECTURE.md: image float32 ``(Z, Y, X)`` (NIfTI voxel axes reversed:
-``data.transpose(2, 1, 0)``), labels uint8 ``(Z, Y, X)``, spacing ``(sz, sy, sx)`` in mm.
+``data.transpose(2, 1, 0)``), labels ``(Z, Y, X)`` (``ml.objects.label_map``), spacing ``(sz, sy, sx)`` in mm.
 
 An *object* is a 3D connected component (26-connectivity) of one label value spanning at least
 ``MIN_OBJECT_SLICES`` slices and ``MIN_OBJECT_VOXELS`` voxels (the evaluation's definition).
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ml.objects import label_map
+
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 """Where the shared nnU-Net raw data sets sit: ``../shared/data`` beside the repository."""
 MIN_OBJECT_SLICES = 2
@@ -24,7 +26,7 @@ MIN_OBJECT_VOXELS = 50
 
 @dataclass
 class Case:
-    """One volume: ``image`` float32 ``(Z, Y, X)``, ``labels`` uint8 ``(Z, Y, X)``, ``spacing`` (sz, sy, sx)."""
+    """One volume: ``image`` float32 ``(Z, Y, X)``, ``labels`` unsigned ``(Z, Y, X)``, ``spacing`` (sz, sy, sx)."""
 
     name: str
     dataset: str
@@ -86,7 +88,7 @@ def read_case(dataset_dir: pathlib.Path, case_id: str) -> Case:
     image_nii = nib.load(str(dataset_dir / "imagesTr" / f"{case_id}_0000{ending}"))
     label_nii = nib.load(str(dataset_dir / "labelsTr" / f"{case_id}{ending}"))
     image = np.ascontiguousarray(np.asarray(image_nii.dataobj, dtype=np.float32).transpose(2, 1, 0))
-    labels = np.ascontiguousarray(np.asarray(label_nii.dataobj).astype(np.uint8).transpose(2, 1, 0))
+    labels = np.ascontiguousarray(label_map(np.asarray(label_nii.dataobj), case_id).transpose(2, 1, 0))
     if image.shape != labels.shape:
         raise ValueError(f"{case_id}: image {image.shape} and labels {labels.shape} differ")
     zooms = image_nii.header.get_zooms()[:3]

@@ -8,7 +8,9 @@ one prompt on the object's largest slice and ``segment`` runs; then ``K`` times 
 worst slice and ``refine``. Reported: 3D Dice per object (after the prompt and after each correction),
 mean per label and per data set, propagated slices, seconds and ms per slice (the ``segment`` call, prompt
 slice included). ``--split val`` takes the validation case list of ``ml/splits.json`` (never the training
-cases); when the data set has no entry there, it says so and evaluates all cases.
+cases); when the data set has no entry there, it says so and evaluates all cases. A case that cannot be
+read or that the engine refuses (NaN voxels, a 4D image, a label map with negative or fractional values) is
+skipped with its reason on stderr; the others are reported and the command then exits 1.
 """
 
 from __future__ import annotations
@@ -264,9 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     results: list[ObjectResult] = []
+    skipped: dict[str, str] = {}
     started = time.perf_counter()
     for number, case in enumerate(cases, start=1):
-        case_results = evaluate_case(engine, case, args.prompt, args.corrections, names)
+        try:
+            case_results = evaluate_case(engine, case, args.prompt, args.corrections, names)
+        # An unreadable file or a volume the engine refuses costs that case only: the others still count.
+        except ValueError as error:
+            reason = str(error).removeprefix(f"{case.case_id}: ")
+            skipped[case.case_id] = reason
+            print(f"[{number}/{len(cases)}] skipped {case.case_id}: {reason}", file=sys.stderr, flush=True)
+            continue
         results.extend(case_results)
         if not args.quiet:
             for result in case_results:
@@ -287,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarise(results, args.corrections)
     print(format_table(summary, args.corrections))
     print(f"total {time.perf_counter() - started:.1f} s")
+    if skipped:
+        print(
+            f"error: {len(skipped)} of {len(cases)} cases skipped, the figures above leave them out: "
+            + ", ".join(sorted(skipped)),
+            file=sys.stderr,
+        )
     if args.json is not None:
         report = {
             "dataset": dataset_dir.name,
@@ -296,13 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "split": args.split,
             "cases": [case.case_id for case in cases],
             "case_note": note,
+            "skipped_cases": skipped,
             **summary,
             "objects": [asdict(result) for result in results],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
-    return 0
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

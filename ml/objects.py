@@ -42,7 +42,7 @@ class CaseFiles:
 
 @dataclass(frozen=True)
 class LoadedCase:
-    """``image`` float32 ``(Z, Y, X)``, ``labels`` uint8 ``(Z, Y, X)``, ``spacing`` ``(sz, sy, sx)`` mm."""
+    """``image`` float32 ``(Z, Y, X)``, ``labels`` ``(Z, Y, X)`` (``label_map``), ``spacing`` ``(sz, sy, sx)`` mm."""
 
     case_id: str
     image: np.ndarray
@@ -105,25 +105,68 @@ def list_cases(dataset_dir: pathlib.Path) -> list[CaseFiles]:
     return sorted(cases, key=lambda case: case.case_id)
 
 
+def label_map(raw: np.ndarray, name: str) -> np.ndarray:
+    """A label volume as the smallest unsigned integer type that holds its values, unchanged otherwise.
+
+    Label values are kept as they are (a heart data set's 205, 420, 500, 550, 600, 820 and 850 stay seven
+    distinct objects: a cast to uint8 used to fold 500 onto 244). Stored floats are rounded if they lie within
+    0.01 of an integer (a label file saved as float32).
+
+    Raises:
+        ValueError: NaN/inf, negative values, or values that are not integers (an interpolated label map).
+    """
+    values = np.asarray(raw)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: labels must be numbers, got dtype {values.dtype}")
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name}: the label map contains NaN or infinite values")
+        rounded = np.rint(values)
+        if np.abs(values - rounded).max(initial=0.0) > 0.01:
+            raise ValueError(
+                f"{name}: the label map holds non-integer values (was it resampled with interpolation?)"
+            )
+        values = rounded
+    if values.size and values.min() < 0:
+        raise ValueError(f"{name}: the label map holds negative values (lowest {values.min():g})")
+    highest = int(values.max(initial=0))
+    if highest > np.iinfo(np.uint32).max:
+        raise ValueError(f"{name}: label value {highest} is too large")
+    kind = np.uint8 if highest <= 255 else np.uint16 if highest <= 65535 else np.uint32
+    return values.astype(kind)
+
+
 def load_case(case: CaseFiles) -> LoadedCase:
-    """Read a case into canonical arrays (see the module docstring)."""
+    """Read a case into canonical arrays (see the module docstring).
+
+    Raises:
+        ValueError: a file that cannot be read, an image that is not 3D, image and labels of different
+            shapes, or a bad label map (``label_map``); the message names the case.
+    """
     import nibabel as nib  # only the evaluation reads NIfTI; the engine never needs it
 
-    image_nii = nib.load(str(case.image_path))
-    label_nii = nib.load(str(case.label_path))
-    image = np.asarray(image_nii.dataobj, dtype=np.float32)
-    labels = np.asarray(label_nii.dataobj)
+    try:
+        image_nii = nib.load(str(case.image_path))
+        label_nii = nib.load(str(case.label_path))
+        image = np.asarray(image_nii.dataobj, dtype=np.float32)
+        raw_labels = np.asarray(label_nii.dataobj)
+    # nibabel raises many types for a truncated or foreign file; to the caller they all mean "unreadable".
+    except Exception as error:
+        raise ValueError(f"{case.case_id}: cannot read its image or label file: {error}") from error
     if image.ndim == 4 and image.shape[3] == 1:
         image = image[..., 0]
+    if raw_labels.ndim == 4 and raw_labels.shape[3] == 1:
+        raw_labels = raw_labels[..., 0]
     if image.ndim != 3:
         raise ValueError(f"{case.case_id}: image must be 3D, got shape {image.shape}")
-    if labels.shape != image.shape:
-        raise ValueError(f"{case.case_id}: image {image.shape} and labels {labels.shape} differ")
+    if raw_labels.shape != image.shape:
+        raise ValueError(f"{case.case_id}: image {image.shape} and labels {raw_labels.shape} differ")
+    labels = label_map(raw_labels, case.case_id)
     zooms = image_nii.header.get_zooms()[:3]
     return LoadedCase(
         case.case_id,
         np.ascontiguousarray(image.transpose(2, 1, 0)),
-        np.ascontiguousarray(np.rint(labels).astype(np.uint8).transpose(2, 1, 0)),
+        np.ascontiguousarray(labels.transpose(2, 1, 0)),
         (float(zooms[2]), float(zooms[1]), float(zooms[0])),
     )
 

@@ -11,7 +11,7 @@ import pytest
 
 from ml.engine import BoxPrompt, MaskPrompt, PointPrompt
 from ml.evaluate import main, read_split, select_cases
-from ml.objects import correction_click, find_objects, list_cases, load_case, make_prompt
+from ml.objects import correction_click, find_objects, label_map, list_cases, load_case, make_prompt
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -142,3 +142,58 @@ def test_classical_engine_on_two_hippocampus_validation_cases(capsys) -> None:
     assert len(cases) == 2 and "'val' split" in note
     assert main([str(dataset), "--engine", "classical", "--prompt", "mask", "--cases", "2", "--quiet"]) == 0
     assert "anterior" in capsys.readouterr().out
+
+
+def test_label_values_above_255_stay_distinct_objects_with_their_names(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid, capsys
+) -> None:
+    dataset = write_dataset(tmp_path, anisotropic_ellipsoid)
+    label_path = dataset / "labelsTr" / "gen_001.nii.gz"
+    stored = nib.load(str(label_path))
+    labels = np.asarray(stored.dataobj).astype(np.uint16) * 500  # 500 would fold onto 244 as uint8
+    nib.save(nib.Nifti1Image(labels, stored.affine), label_path)
+    (dataset / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "myocardium": 500}, "file_ending": ".nii.gz"})
+    )
+    case = load_case(list_cases(dataset)[0])
+    assert [obj.label for obj in find_objects(case.labels)] == [500]
+    out = tmp_path / "report.json"
+    assert main([str(dataset), "--engine", "classical", "--prompt", "mask", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["per_label"]) == ["500 myocardium"]
+
+
+def test_label_maps_with_nan_negative_or_interpolated_values_are_refused_by_name() -> None:
+    assert label_map(np.array([[0.0, 2.0000001]], dtype=np.float32), "c").dtype == np.uint8
+    assert label_map(np.array([0, 70000]), "c").dtype == np.uint32
+    for bad, words in (
+        (np.array([0.0, np.nan]), "NaN"),
+        (np.array([0, -1]), "negative"),
+        (np.array([0.0, 0.5]), "non-integer"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            label_map(bad, "case_7")
+
+
+def test_a_case_that_cannot_be_read_or_is_refused_is_skipped_and_the_others_still_count(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid, capsys
+) -> None:
+    dataset = write_dataset(tmp_path, anisotropic_ellipsoid)
+    images, labels = dataset / "imagesTr", dataset / "labelsTr"
+    good_image, good_labels = images / "gen_001_0000.nii.gz", labels / "gen_001.nii.gz"
+    (images / "gen_002_0000.nii.gz").write_bytes(good_image.read_bytes())
+    (labels / "gen_002.nii.gz").write_bytes(good_labels.read_bytes()[:200])  # truncated download
+    stored = nib.load(str(good_image))
+    with_nan = np.asarray(stored.dataobj, dtype=np.float32).copy()
+    with_nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(with_nan, stored.affine), images / "gen_003_0000.nii.gz")
+    (labels / "gen_003.nii.gz").write_bytes(good_labels.read_bytes())
+    out = tmp_path / "report.json"
+    code = main([str(dataset), "--engine", "classical", "--prompt", "box", "--json", str(out)])
+    assert code == 1, "figures that leave cases out must not look like a clean run"
+    err = capsys.readouterr().err
+    assert "skipped gen_002: cannot read its image or label file" in err
+    assert "skipped gen_003" in err and "NaN" in err
+    assert "2 of 3 cases skipped" in err
+    report = json.loads(out.read_text())
+    assert [obj["case"] for obj in report["objects"]] == ["gen_001"]
+    assert sorted(report["skipped_cases"]) == ["gen_002", "gen_003"]
