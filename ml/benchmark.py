@@ -14,7 +14,8 @@ resize, network, present gate, paste-back):
 * ms per slice of the shipped slice refiner (``ml/refiner.py``; it re-draws every slice of the finished
   object once), and the total per slice (loop + refiner) that the 25 ms target applies to;
 * the worst-case time per object of the loop's threshold calibration (``ml.propagation.calibrated_threshold``:
-  one call there and one back per candidate threshold, in both directions), paid once before propagating;
+  one call there and one back per candidate threshold, in both directions, and for a drawn mask one for its
+  own slice), paid once before propagating;
 * the time to propagate a 100-slice object with the shipped configuration (the loop's calls at 1 mm:
   ``ml.propagation.slices_per_guide`` targets per guide, its views and guide spacing; the network is run
   whatever it predicts, so the figure does not depend on where a model would stop), calibration and
@@ -130,10 +131,10 @@ def time_refiner(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarra
 def time_calibration(predictor: LearnedPredictor, image: np.ndarray, mask: np.ndarray, repeats: int) -> float:
     """Worst-case ms per object of the loop's threshold calibration (0 when the predictor does not ask for
     it): both directions go on, so each runs one call there and one back per candidate threshold, one
-    target each, in the first guide's view."""
+    target each, in the first guide's view; a drawn mask then adds one call for its own slice."""
     if not uses_threshold_calibration(predictor):
         return 0.0
-    calls = 2 * (1 + len(CALIBRATION_THRESHOLDS))
+    calls = 2 * (1 + len(CALIBRATION_THRESHOLDS)) + 1
     guide_z = image.shape[0] // 2
     view = "both" if predictor.flip_averaging else "plain"
     window = Window(0.0, 100.0)

@@ -1,8 +1,10 @@
-"""Per-object threshold calibration: a round trip through the network on the object's own slices.
+"""Per-object threshold calibration: the network checked on the object's own slices against known answers.
 
 ``RimOracle`` is an over-confident network of the kind a model shows on organs it never saw: it answers the
 true mask with probability 0.95 and, around whatever guide it was given, a rim of ``rim_probability``. At the
 trained threshold (0.5) every re-guiding then adds that rim and the object swells slice after slice.
+``FadingRimOracle`` is the under-confident kind: the outer rim of the true object comes back at
+``rim_probability`` < 0.5, so at 0.5 every slice loses it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ml.engine import Engine, MaskPrompt
+from ml.engine import BoxPrompt, Engine, MaskPrompt
 from ml.learned import LearnedPredictor, load_learned_predictor
 from ml.predictor import ScoredSlices, Window
 from ml.prompts import Click
 from ml.propagation import (
     CALIBRATION_THRESHOLDS,
+    IDENTITY_THRESHOLDS,
     calibrated_threshold,
     chunk_slices,
     dice,
@@ -68,12 +71,21 @@ def segmented(oracle: RimOracle, prompt_z: int) -> np.ndarray:
     return found
 
 
-def threshold_at_slice_30(oracle: RimOracle) -> float:
+def threshold_at_slice_30(oracle: ScoringOracle, *, drawn_guide: bool = True) -> float:
     """``calibrated_threshold`` for a prompt on slice 30 of a 60-slice, 1 mm volume."""
     volume = tagged_volume(oracle.truth.shape[0], SIZE)
     window = Window(0.0, 100.0)
     return calibrated_threshold(
-        oracle, volume, (1.0, 1.0, 1.0), 30, oracle.truth[30], window, chunk_slices(1.0), z_low=0, z_high=59
+        oracle,
+        volume,
+        (1.0, 1.0, 1.0),
+        30,
+        oracle.truth[30],
+        window,
+        chunk_slices(1.0),
+        z_low=0,
+        z_high=59,
+        drawn_guide=drawn_guide,
     )
 
 
@@ -106,7 +118,7 @@ def test_an_object_ending_at_the_prompt_slice_keeps_the_trained_threshold() -> N
     oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
     threshold = threshold_at_slice_30(oracle)
     assert threshold == 0.5  # nothing beyond the prompt to go there and back through
-    assert len(oracle.calls) == 2  # one look each way, no round trips
+    assert len(oracle.calls) == 3  # one look each way, no round trips, then the guide's own slice
 
 
 def test_predictors_that_do_not_ask_for_calibration_cost_no_extra_calls() -> None:
@@ -176,3 +188,54 @@ def test_cancelling_a_correction_during_its_calibration_re_propagates_nothing() 
     )
     assert [step.z for step in steps] == [40]  # the corrected slice only
     assert len(oracle.calls) == 1
+
+
+class FadingRimOracle(ScoringOracle):
+    """``ScoringOracle`` answering the true mask's core at 0.95 and its outer 2-pixel rim at ``rim_probability``."""
+
+    def __init__(self, truth: np.ndarray, *, rim_probability: float) -> None:
+        super().__init__(truth)
+        self.rim_probability = rim_probability
+        self.threshold_calibration = True
+
+    def propagate_scored(self, *args: Any, **kwargs: Any) -> ScoredSlices:
+        truthful = super().propagate_scored(*args, **kwargs)
+        inside = truthful.probabilities > 0
+        core = np.stack([ndimage.binary_erosion(slice_, iterations=2) for slice_ in inside])
+        probabilities = np.where(core, 0.95, np.where(inside, self.rim_probability, 0.0))
+        return ScoredSlices(probabilities.astype(np.float32), truthful.present)
+
+
+def test_an_under_confident_network_keeps_the_rim_it_would_lose_at_the_trained_threshold() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = FadingRimOracle(truth, rim_probability=0.35)
+    assert threshold_at_slice_30(oracle) == 0.3  # the guide's own slice comes back whole only below 0.35
+    assert dice(segmented(oracle, 30), truth) == 1.0
+    oracle.threshold_calibration = False
+    assert dice(segmented(oracle, 30), truth) < 0.8, "at 0.5 every slice but the prompt loses its rim"
+
+
+def test_the_lowest_identity_threshold_that_restores_the_guide_is_taken_and_a_faint_rim_is_not_chased() -> (
+    None
+):
+    truth = disc_truth(60, 10, 49)
+    assert threshold_at_slice_30(FadingRimOracle(truth, rim_probability=0.45)) == min(IDENTITY_THRESHOLDS)
+    assert threshold_at_slice_30(FadingRimOracle(truth, rim_probability=0.2)) == 0.5  # below every candidate
+
+
+def test_a_guide_the_network_drew_itself_is_not_checked_against_its_own_slice() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = FadingRimOracle(truth, rim_probability=0.35)
+    assert threshold_at_slice_30(oracle, drawn_guide=False) == 0.5  # a box's or a click's Box2Mask answer
+    box = BoxPrompt(30, 16, 16, 32, 32)
+    assert len(list(Engine(oracle).propagate(tagged_volume(60, SIZE), (1.0, 1.0, 1.0), box))) > 1
+    assert not any(targets == [guide] for guide, targets, _ in oracle.calls), (
+        "no call for a guide's own slice"
+    )
+
+
+def test_a_threshold_the_round_trip_raised_is_never_lowered_again() -> None:
+    truth = disc_truth(60, 10, 49)
+    oracle = RimOracle(truth, rim_probability=0.75, threshold_calibration=True)
+    assert threshold_at_slice_30(oracle) == 0.8
+    assert len(oracle.calls) == 2 * (1 + len(CALIBRATION_THRESHOLDS))  # no call for the guide's own slice
