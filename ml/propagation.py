@@ -449,8 +449,9 @@ def calibrated_threshold(
 
     Checks of how the network behaves on this very image, each against an answer known in advance:
 
-    1. A round trip (``_round_trip_threshold``) may raise the threshold above 0.5, for a network that is
-       over-confident here (each re-guiding would add a rim).
+    1. A round trip from slice ``z`` one re-guiding step up and down and back may raise the threshold to the
+       best of ``CALIBRATION_THRESHOLDS`` if it reproduces the guide better than 0.5 by ``CALIBRATION_MARGIN``,
+       for a network that is over-confident here (each re-guiding would add a rim).
     2. If it did not and ``drawn_guide`` (the guide is the user's own outline: a mask prompt), the network
        is asked for slice ``z`` itself (``_identity_threshold``); where it answers the guide with a shrunk
        outline (under-confident here: on an unseen CT the rim it misses comes back at 0.2-0.45), the
@@ -465,55 +466,16 @@ def calibrated_threshold(
     if not uses_threshold_calibration(predictor) or not mask.any():
         return 0.5
     should_stop = should_stop or _never_stop
-    view: View = "both" if predictor.flip_averaging else "plain"
-    raised = _round_trip_threshold(
-        predictor,
-        volume,
-        spacing,
-        z,
-        mask,
-        window,
-        chunk,
-        view,
-        z_low=z_low,
-        z_high=z_high,
-        should_stop=should_stop,
-    )
-    if raised > 0.5 or not drawn_guide or should_stop():
-        return raised
-    return _identity_threshold(predictor, _slice(volume, z), mask, window, (spacing[1], spacing[2]), view)
-
-
-def _round_trip_threshold(
-    predictor: ScoringPredictor,
-    volume: np.ndarray,
-    spacing: tuple[float, float, float],
-    z: int,
-    mask: np.ndarray,
-    window: Window,
-    chunk: int,
-    view: View,
-    *,
-    z_low: int,
-    z_high: int,
-    should_stop: Callable[[], bool],
-) -> float:
-    """0.5, or a higher threshold from ``CALIBRATION_THRESHOLDS`` where a round trip proves it better.
-
-    For each threshold it propagates the guide one re-guiding step (``slices_kept_per_guide`` slices) up
-    and down, thresholds there, propagates back to slice ``z`` and scores the answer against ``mask`` (Dice,
-    averaged over the directions where the object goes on). The true answer of a round trip is known: the
-    mask it started from. On images unlike the training ones a network can be over-confident, so that every
-    re-guiding adds a rim (the model trained without the left atrium, on it: the round trip grows the mask,
-    and its Dice rises with the threshold); on familiar images 0.5 reproduces the guide best. The
-    largest-scoring threshold wins if it beats 0.5 by ``CALIBRATION_MARGIN``, else 0.5.
-
-    Costs two guide calls per threshold and direction (one target each); 0.5 when the object does not go on
-    in either direction or ``should_stop`` fires.
-    """
     spacing_yx = (spacing[1], spacing[2])
+    view: View = "both" if predictor.flip_averaging else "plain"
     hop = slices_kept_per_guide(predictor, chunk)
     image = _slice(volume, z)
+    # The round trip: for each threshold, one re-guiding step (``slices_kept_per_guide``) up and down,
+    # thresholded there, and back to slice z, scored against the mask it started from (Dice, averaged over
+    # the directions where the object goes on). On images unlike the training ones a network can be
+    # over-confident, so that every re-guiding adds a rim (the model trained without the left atrium, on it:
+    # the round trip grows the mask, and its Dice rises with the threshold); on familiar images 0.5
+    # reproduces the guide best. Two guide calls per threshold and direction, one target each.
     scores: dict[float, list[float]] = {threshold: [] for threshold in CALIBRATION_THRESHOLDS}
     for step in (+1, -1):
         there_z = z + step * hop
@@ -537,11 +499,14 @@ def _round_trip_threshold(
                 _slice(volume, there_z), forward, image[None], window, spacing_yx, view=view
             )
             scores[threshold].append(dice(back.probabilities[0] >= threshold, mask))
-    if not scores[0.5]:
+    if scores[0.5]:
+        mean = {threshold: float(np.mean(values)) for threshold, values in scores.items()}
+        best = max(CALIBRATION_THRESHOLDS, key=lambda threshold: mean[threshold])
+        if mean[best] >= mean[0.5] + CALIBRATION_MARGIN:
+            return best
+    if not drawn_guide or should_stop():
         return 0.5
-    mean = {threshold: float(np.mean(values)) for threshold, values in scores.items()}
-    best = max(CALIBRATION_THRESHOLDS, key=lambda threshold: mean[threshold])
-    return best if mean[best] >= mean[0.5] + CALIBRATION_MARGIN else 0.5
+    return _identity_threshold(predictor, image, mask, window, spacing_yx, view)
 
 
 def _identity_threshold(
