@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 from types import ModuleType
 
 import numpy as np
 import pytest
 
 from ml.objects import find_objects, label_names, list_cases, load_case
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "build_holdout_ct.py"
+from tests.ml.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_holdout_ct", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_holdout_ct.py")
 
 
 def test_built_set_puts_the_labels_on_the_ct_voxels_they_were_drawn_on(

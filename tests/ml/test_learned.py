@@ -255,6 +255,36 @@ def test_shipped_weights_segment_validation_hippocampus_cases_above_a_dice_floor
     assert np.mean(scores) >= 0.65, f"shipped weights give mean Dice {np.mean(scores):.3f} on {validation}"
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("prompt_kind", ["box", "mask", "point"])
+def test_a_scan_stored_in_other_intensity_units_is_segmented_the_same(prompt_kind: str) -> None:
+    """Scanners and exporters store the same image in different units (MR's arbitrary scale, CT with or
+    without its rescale slope and intercept): a linear change of every voxel must not change either
+    engine's result, since every window is taken from the prompted object itself. On this machine the
+    masks come out identical; the floor leaves room for a pixel's rounding elsewhere."""
+    from ml.engine import load_engine
+    from ml.objects import find_objects, list_cases, load_case, make_prompt
+
+    dataset = SHARED_DATA / "Dataset001_Hippocampus"
+    if not dataset.is_dir():
+        pytest.skip("../shared/data is not available")
+    validation = json.loads(SPLITS.read_text())["datasets"]["Dataset001_Hippocampus"]["val"][0]
+    (case,) = [case for case in list_cases(dataset) if case.case_id == validation]
+    loaded = load_case(case)
+    obj = find_objects(loaded.labels)[0]
+    prompt = make_prompt(obj, prompt_kind, loaded.spacing)
+
+    for engine in (load_engine(device="cpu"), load_engine("classical")):
+        stored = engine.segment(loaded.image, loaded.spacing, prompt)
+        assert stored.sum() > 0.5 * obj.mask.sum(), engine.name
+        for scale, offset in ((37.0, 1000.0), (0.01, -5.0)):
+            rescaled = engine.segment(loaded.image * scale + offset, loaded.spacing, prompt)
+            agreement = 2 * (stored & rescaled).sum() / (stored.sum() + rescaled.sum())
+            assert agreement >= 0.99, (
+                f"{engine.name}, x {scale} + {offset}: Dice {agreement:.4f} to the stored units"
+            )
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_the_shipped_engine_segments_volumes_with_fewer_slices_than_its_refiner_looks_at(depth: int) -> None:
     """A single slice or a short stack (the slice refiner reads 5 slices of masks) is segmented, not refused
