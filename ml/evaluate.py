@@ -1,7 +1,7 @@
 """``python -m ml.evaluate DATASET_DIR``: 3D Dice of an engine on an nnU-Net raw data set, from simulated prompts.
 
     python -m ml.evaluate ../shared/data/Dataset001_Hippocampus --engine classical --prompt box \
-        [--corrections K] [--cases N] [--split val|train|all] [--json OUT]
+        [--corrections K] [--cases N] [--split val|train|all] [--orientation ORIENTATION] [--json OUT]
 
 Objects, prompts and correction clicks are defined in ``ml/objects.py``. For every object the engine gets
 one prompt on the object's largest slice and ``segment`` runs; then ``K`` times a simulated click on the
@@ -11,6 +11,8 @@ slice included). ``--split val`` takes the validation case list of ``ml/splits.j
 cases); when the data set has no entry there, it says so and evaluates all cases. A case that cannot be
 read or that the engine refuses (NaN voxels, a 4D image, a label map with negative or fractional values) is
 skipped with its reason on stderr; the others are reported and the command then exits 1.
+``--orientation`` hands the engine every case flipped top-bottom (``flip-y``) or left-right (``flip-x``),
+or with rows and columns swapped (``swap-yx``), as files from another scanner or exporter may come.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ml.engine import Engine, load_engine
 from ml.objects import (
     PROMPT_KINDS,
     CaseFiles,
+    LoadedCase,
     correction_click,
     dice_3d,
     find_objects,
@@ -39,6 +42,7 @@ from ml.objects import (
 )
 
 SPLITS_PATH = pathlib.Path(__file__).resolve().parent / "splits.json"
+ORIENTATIONS = ("stored", "flip-y", "flip-x", "swap-yx")
 
 
 @dataclass
@@ -103,15 +107,33 @@ def select_cases(
     return cases, note
 
 
+def reorient(loaded: LoadedCase, orientation: str) -> LoadedCase:
+    """The case as another scanner might store it: image and labels flipped or transposed in-plane alike
+    (``ORIENTATIONS``; spacing follows a swap). ``"stored"`` returns it unchanged."""
+    if orientation == "stored":
+        return loaded
+    if orientation == "flip-y":
+        image, labels, spacing = loaded.image[:, ::-1], loaded.labels[:, ::-1], loaded.spacing
+    elif orientation == "flip-x":
+        image, labels, spacing = loaded.image[:, :, ::-1], loaded.labels[:, :, ::-1], loaded.spacing
+    elif orientation == "swap-yx":
+        image, labels = loaded.image.transpose(0, 2, 1), loaded.labels.transpose(0, 2, 1)
+        spacing = (loaded.spacing[0], loaded.spacing[2], loaded.spacing[1])
+    else:
+        raise ValueError(f"unknown orientation {orientation!r}; choose one of {ORIENTATIONS}")
+    return LoadedCase(loaded.case_id, np.ascontiguousarray(image), np.ascontiguousarray(labels), spacing)
+
+
 def evaluate_case(
     engine: Engine,
     case: CaseFiles,
     prompt_kind: str,
     corrections: int,
     names: dict[int, str],
+    orientation: str = "stored",
 ) -> list[ObjectResult]:
-    """Evaluate every object of one case."""
-    loaded = load_case(case)
+    """Evaluate every object of one case (handed to the engine in ``orientation``, see ``reorient``)."""
+    loaded = reorient(load_case(case), orientation)
     results: list[ObjectResult] = []
     for obj in find_objects(loaded.labels):
         prompt = make_prompt(obj, prompt_kind, loaded.spacing)
@@ -231,6 +253,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="learned engine whose correction clicks change their slice only near the click "
         "(measured in session 23, not shipped)",
     )
+    parser.add_argument(
+        "--orientation",
+        choices=ORIENTATIONS,
+        default="stored",
+        help="hand the engine every case flipped or with rows and columns swapped (labels alike)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-object lines")
     args = parser.parse_args(argv)
     if args.corrections < 0:
@@ -261,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    orientation = "" if args.orientation == "stored" else f", orientation {args.orientation}"
     print(
-        f"{dataset_dir.name}: engine {engine.name}, prompt {args.prompt}, {args.corrections} corrections; {note}",
+        f"{dataset_dir.name}: engine {engine.name}, prompt {args.prompt}, {args.corrections} corrections"
+        f"{orientation}; {note}",
         flush=True,
     )
     results: list[ObjectResult] = []
@@ -270,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for number, case in enumerate(cases, start=1):
         try:
-            case_results = evaluate_case(engine, case, args.prompt, args.corrections, names)
+            case_results = evaluate_case(engine, case, args.prompt, args.corrections, names, args.orientation)
         # An unreadable file or a volume the engine refuses costs that case only: the others still count.
         except ValueError as error:
             reason = str(error).removeprefix(f"{case.case_id}: ")
@@ -310,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prompt": args.prompt,
             "corrections": args.corrections,
             "split": args.split,
+            "orientation": args.orientation,
             "cases": [case.case_id for case in cases],
             "case_note": note,
             "skipped_cases": skipped,

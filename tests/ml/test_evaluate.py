@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from ml.engine import BoxPrompt, MaskPrompt, PointPrompt
-from ml.evaluate import main, read_split, select_cases
+from ml.evaluate import main, read_split, reorient, select_cases
 from ml.objects import correction_click, find_objects, label_map, list_cases, load_case, make_prompt
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -197,3 +198,35 @@ def test_a_case_that_cannot_be_read_or_is_refused_is_skipped_and_the_others_stil
     report = json.loads(out.read_text())
     assert [obj["case"] for obj in report["objects"]] == ["gen_001"]
     assert sorted(report["skipped_cases"]) == ["gen_002", "gen_003"]
+
+
+@pytest.mark.parametrize("orientation", ["flip-y", "flip-x", "swap-yx"])
+def test_a_case_can_be_evaluated_as_another_scanner_would_store_it(
+    tmp_path: pathlib.Path, anisotropic_ellipsoid, capsys, orientation: str
+) -> None:
+    """``--orientation`` moves image and labels alike (the labels still sit on the object), and the
+    classical engine, which has no preferred direction, scores the case as it does stored."""
+    off_centre = SimpleNamespace(
+        image=np.roll(anisotropic_ellipsoid.image, (10, 6), axis=(1, 2)),
+        truth=np.roll(anisotropic_ellipsoid.truth, (10, 6), axis=(1, 2)),
+        spacing=anisotropic_ellipsoid.spacing,
+    )
+    dataset = write_dataset(tmp_path, off_centre)
+    stored = load_case(list_cases(dataset)[0])
+    turned = reorient(stored, orientation)
+    assert not np.array_equal(turned.labels, stored.labels)
+    assert turned.image[turned.labels > 0].mean() == pytest.approx(stored.image[stored.labels > 0].mean())
+    if orientation == "swap-yx":
+        assert turned.spacing == (stored.spacing[0], stored.spacing[2], stored.spacing[1])
+
+    reports = {}
+    for name in ("stored", orientation):
+        out = tmp_path / f"{name}.json"
+        args = [str(dataset), "--engine", "classical", "--prompt", "box", "--orientation", name]
+        assert main([*args, "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert f"orientation {orientation}" in capsys.readouterr().out
+    assert reports[orientation]["orientation"] == orientation
+    (stored_object,), (turned_object,) = reports["stored"]["objects"], reports[orientation]["objects"]
+    assert stored_object["dice"] > 0.9
+    assert turned_object["dice"] == pytest.approx(stored_object["dice"], abs=1e-6)
