@@ -203,7 +203,10 @@ class Engine:
             volume: raw intensities ``(Z, Y, X)``.
             spacing: ``(sz, sy, sx)`` in mm.
             mask: the current bool ``(Z, Y, X)`` mask of the label.
-            clicks: ``Click(z, y, x, positive)``; positive adds missed tissue, negative removes.
+            clicks: ``Click(z, y, x, positive)``; positive adds missed tissue, negative removes. Pass every
+                click made on a slice since the object's prompt, not only the newest: the corrections
+                network reads them together (a lone negative click on a slice a positive one just fixed
+                reads as "the object ends before this slice" and empties it).
             edited: ``{z: bool (Y, X)}`` slices the user redrew (taken as given, then re-propagated from).
             z_min, z_max: inclusive boundary slices for the re-propagation.
             anchor_z: the original prompt slice, if known. Re-propagation runs away from it (RadSAM);

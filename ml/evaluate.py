@@ -5,7 +5,7 @@
 
 Objects, prompts and correction clicks are defined in ``ml/objects.py``. For every object the engine gets
 one prompt on the object's largest slice and ``segment`` runs; then ``K`` times a simulated click on the
-worst slice and ``refine``. Reported: 3D Dice per object (after the prompt and after each correction),
+worst slice and ``refine``, which is handed that click with the earlier ones on the same slice. Reported: 3D Dice per object (after the prompt and after each correction),
 mean per label and per data set, propagated slices, seconds and ms per slice (the ``segment`` call, prompt
 slice included). ``--split val`` takes the validation case list of ``ml/splits.json`` (never the training
 cases); when the data set has no entry there, it says so and evaluates all cases. A case that cannot be
@@ -40,6 +40,7 @@ from ml.objects import (
     load_case,
     make_prompt,
 )
+from ml.prompts import Click
 
 SPLITS_PATH = pathlib.Path(__file__).resolve().parent / "splits.json"
 ORIENTATIONS = ("stored", "flip-y", "flip-x", "swap-yx")
@@ -158,6 +159,7 @@ def evaluate_case(
             seconds=seconds,
             ms_per_slice=1000.0 * seconds / max(slices, 1),
         )
+        earlier_clicks: list[Click] = []
         for _ in range(corrections):
             click = correction_click(prediction, obj.mask, loaded.spacing)
             if click is None:  # already perfect: further corrections change nothing
@@ -165,8 +167,11 @@ def evaluate_case(
                 result.refine_seconds.append(0.0)
                 continue
             started = time.perf_counter()
+            # As a user's viewer does, every click made on this slice since the prompt goes with the new one.
+            slice_clicks = [earlier for earlier in earlier_clicks if earlier.z == click.z] + [click]
+            earlier_clicks.append(click)
             prediction = engine.refine(
-                loaded.image, loaded.spacing, prediction, clicks=[click], anchor_z=prompt.z
+                loaded.image, loaded.spacing, prediction, clicks=slice_clicks, anchor_z=prompt.z
             )
             result.refine_seconds.append(time.perf_counter() - started)
             result.dice_after.append(dice_3d(prediction, obj.mask))

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { boundsFromMarkers, editedSlicesByLabel } from './prompts.js';
+import { boundsFromMarkers, correctionClicks, editedSlicesByLabel } from './prompts.js';
 
 describe('boundsFromMarkers', () => {
   it('sends nothing without markers', () => {
@@ -28,5 +28,19 @@ describe('editedSlicesByLabel', () => {
       { value: 1, patches: [{ z: 4 }] },
     ];
     expect(editedSlicesByLabel(strokes)).toEqual(new Map([[1, [2, 4]], [2, [7]]]));
+  });
+});
+
+describe('correctionClicks', () => {
+  it('sends the earlier clicks on the same slice with the new one, in order', () => {
+    const added = { z: 4, y: 10, x: 12, positive: true };
+    const elsewhere = { z: 5, y: 10, x: 12, positive: false };
+    const removal = { z: 4, y: 20, x: 3, positive: false };
+    expect(correctionClicks([added, elsewhere], removal)).toEqual([added, removal]);
+  });
+
+  it('sends the new click alone on a slice not clicked before', () => {
+    const click = { z: 2, y: 1, x: 1, positive: false };
+    expect(correctionClicks([{ z: 3, y: 1, x: 1, positive: true }], click)).toEqual([click]);
   });
 });

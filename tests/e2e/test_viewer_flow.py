@@ -1,8 +1,8 @@
 """The annotator's whole loop in real headless Chromium against a live embedded server (issue 6, "Done when").
 
 log in -> case list -> open the demo CT (timings from the Performance API) -> window/level -> box prompt ->
-live overlay on >= 10 slices -> negative correction click -> re-propagate from the slice -> undo -> redo ->
-submit. Screenshots of each step go to test-artifacts/e2e/. The viewer exposes itself as
+live overlay on >= 10 slices -> negative correction click -> a positive one on that slice (both sent) ->
+re-propagate from the slice -> undo -> redo -> submit. Screenshots of each step go to test-artifacts/e2e/. The viewer exposes itself as
 ``window.proplabelViewer`` so the test can map voxels to screen points and wait on its state.
 
 Steps from the box prompt on NEED THE LIVE-PROPAGATION BACKEND (issue 5: propagations, refinements,
@@ -354,8 +354,19 @@ def test_annotator_flow(live_embedded_server: Any, browser: Any, artifacts: Path
         inside = page.evaluate(VOXEL_TO_PAGE_JS, [z, (bounds["y0"] + bounds["y1"]) // 2, bounds["x0"] + 3])
         page.mouse.click(*inside)
         _wait_job_finished(page, after_box)
+        after_negative = page.evaluate("() => window.proplabelViewer.revision")
+        # A second click on that slice carries the first one too: the corrections network reads them together.
+        page.keyboard.press("p")
+        centre = page.evaluate(
+            VOXEL_TO_PAGE_JS, [z, (bounds["y0"] + bounds["y1"]) // 2, (bounds["x0"] + bounds["x1"]) // 2]
+        )
+        with page.expect_request(lambda request: request.url.endswith("/refinements/")) as refinement:
+            page.mouse.click(*centre)
+        sent = refinement.value.post_data_json["clicks"]
+        assert [(click["z"], click["positive"]) for click in sent] == [(z, False), (z, True)]
+        _wait_job_finished(page, after_negative)
         after_click = page.evaluate("() => window.proplabelViewer.revision")
-        _shot(page, artifacts, "06-negative-click")
+        _shot(page, artifacts, "06-correction-clicks")
         page.keyboard.press("Shift+Enter")
         _wait_job_finished(page, after_click)
         after_repropagate = page.evaluate("() => window.proplabelViewer.revision")

@@ -304,6 +304,46 @@ def test_the_shipped_engine_segments_volumes_with_fewer_slices_than_its_refiner_
 
 
 @pytest.mark.shared_data
+def test_a_negative_click_sent_with_the_slices_earlier_click_trims_the_object_instead_of_emptying_it() -> (
+    None
+):
+    """A user adds a missed end of the right iliopsoas on TotalSegmentator MR with a positive click, then
+    removes the excess with a negative click on the same slice. Handed the negative click alone, the
+    corrections network reads it as "the object ends before this slice" and empties it (0 px of 35, 3D Dice
+    0.579 -> 0.471); handed both clicks, as the viewer and ``ml.evaluate`` now send them, it keeps the object
+    there (38 px, Dice 0.587)."""
+    from ml.engine import load_engine
+    from ml.objects import correction_click, dice_3d, find_objects, list_cases, load_case, make_prompt
+
+    dataset = SHARED_DATA / "Dataset004_TotalSegmentatorMR"
+    if not dataset.is_dir():
+        pytest.skip("../shared/data is not available")
+    (case,) = list_cases(dataset)
+    loaded = load_case(case)
+    (iliopsoas,) = [obj for obj in find_objects(loaded.labels) if obj.label == 49]
+    engine = load_engine(device="cpu")
+    prompt = make_prompt(iliopsoas, "box", loaded.spacing)
+    mask = engine.segment(loaded.image, loaded.spacing, prompt)
+    earlier = []
+    for _ in range(3):
+        click = correction_click(mask, iliopsoas.mask, loaded.spacing)
+        on_slice = [previous for previous in earlier if previous.z == click.z]
+        if not click.positive and any(previous.positive for previous in on_slice):
+            break
+        mask = engine.refine(loaded.image, loaded.spacing, mask, clicks=[*on_slice, click], anchor_z=prompt.z)
+        earlier.append(click)
+    else:
+        pytest.fail("the simulated user never removed on a slice it had added to")
+
+    alone = engine.refine(loaded.image, loaded.spacing, mask, clicks=[click], anchor_z=prompt.z)
+    together = engine.refine(loaded.image, loaded.spacing, mask, clicks=[*on_slice, click], anchor_z=prompt.z)
+
+    truth_on_slice = iliopsoas.mask[click.z]
+    assert together[click.z].sum() >= truth_on_slice.sum() // 2
+    assert dice_3d(together, iliopsoas.mask) > dice_3d(alone, iliopsoas.mask) + 0.05
+
+
+@pytest.mark.shared_data
 def test_a_negative_click_on_a_leak_into_the_touching_label_removes_it_and_keeps_the_object() -> None:
     """The correction a user makes most: the mask spilled into the neighbouring structure (here the other
     hippocampus label), one negative click in the spill. The shipped corrections network takes the mean 2D

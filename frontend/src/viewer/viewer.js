@@ -7,7 +7,7 @@ import { api, ApiError, downloadBinary, DTYPES } from '../api.js';
 import { boxFromCorners, clampVoxel, discPixels, planeSize } from '../coords.js';
 import { LiveState } from '../live.js';
 import { encodeLabel } from '../maskcodec.js';
-import { boundsFromMarkers, editedSlicesByLabel } from '../prompts.js';
+import { boundsFromMarkers, correctionClicks, editedSlicesByLabel } from '../prompts.js';
 import { applyStroke, StrokeRecorder, UndoStack } from '../undo.js';
 import { defaultWindow, dragWindow, PRESETS } from '../windowing.js';
 import { CaseSocket, socketUrl } from '../ws.js';
@@ -77,6 +77,9 @@ export class Viewer {
     this.lastPrompt = null;
     /** @type {{z: number, y: number, x: number, positive: boolean}[]} */
     this.clicks = [];
+    /** Correction clicks since the active object's prompt: each correction request repeats its slice's. */
+    /** @type {{z: number, y: number, x: number, positive: boolean}[]} */
+    this.corrections = [];
     /** @type {Uint8Array | null} */
     this.sketch = null;
     /** @type {number | null} */
@@ -695,6 +698,7 @@ export class Viewer {
       if (stroke) {
         stroke.value = drag.value;
         this.undo.push(stroke);
+        this.corrections = []; // the clicks no longer describe the mask the user now sees
         this.updateVolumes();
         this.updateToolbar();
         this.setStatus('Unsaved brush edits: Ctrl+S saves them as a revision.');
@@ -875,6 +879,7 @@ export class Viewer {
   async propagate(prompt) {
     if (!this.requireEdit('propagate')) return;
     this.lastPrompt = prompt;
+    this.corrections = [];
     try {
       await this.flushEdits();
       /** @type {any} */
@@ -947,6 +952,7 @@ export class Viewer {
    */
   async refine(click) {
     this.clicks = [...this.clicks, click];
+    const clicks = correctionClicks(this.corrections, click);
     this.scheduleDraw();
     try {
       await this.flushEdits();
@@ -954,8 +960,9 @@ export class Viewer {
       performance.mark('prompt-sent');
       const job = await api(`/api/cases/${this.caseId}/refinements/`, {
         method: 'POST',
-        body: { label: this.activeLabel.id, base_revision: this.revision, clicks: [click], edited_slices: [] },
+        body: { label: this.activeLabel.id, base_revision: this.revision, clicks, edited_slices: [] },
       });
+      this.corrections = [...this.corrections, click];
       this.onEvent({ type: 'job.queued', job });
       if (this.live.active) this.setStatus(`${click.positive ? 'Adding' : 'Removing'} at slice ${click.z + 1}; re-propagating…`);
     } catch (error) {
@@ -1020,6 +1027,7 @@ export class Viewer {
     }
     try {
       const result = await api(`/api/cases/${this.caseId}/${direction}/`, { method: 'POST', body: { base_revision: this.revision } });
+      this.corrections = []; // the restored revision may not hold what those clicks corrected
       await this.loadRevision(result.current_revision);
       this.setStatus(direction === 'undo' ? 'Undone: previous revision restored.' : 'Redone: next revision restored.', 'ok');
     } catch (error) {
@@ -1213,6 +1221,7 @@ export class Viewer {
     this.activeLabel = c;
     this.lastPrompt = null;
     this.clicks = [];
+    this.corrections = [];
     this.renderLabelPanel();
     this.setStatus(`Active label: ${c.name}.`);
   }
