@@ -5,9 +5,9 @@
 
 Objects, prompts and correction clicks are defined in ``ml/objects.py``. For every object the engine gets
 one prompt on the object's largest slice and ``segment`` runs; then ``K`` times a simulated click on the
-worst slice and ``refine``, which is handed that click with the earlier ones on the same slice. Reported: 3D Dice per object (after the prompt and after each correction),
-mean per label and per data set, propagated slices, seconds and ms per slice (the ``segment`` call, prompt
-slice included). ``--split val`` takes the validation case list of ``ml/splits.json`` (never the training
+worst slice and ``refine``, handed that click with the earlier ones on its slice (``correction_clicks``).
+Reported: 3D Dice per object (after the prompt and after each correction), mean per label and per data set,
+propagated slices, seconds and ms per slice (the ``segment`` call, prompt slice included). ``--split val`` takes the validation case list of ``ml/splits.json`` (never the training
 cases); when the data set has no entry there, it says so and evaluates all cases. A case that cannot be
 read or that the engine refuses (NaN voxels, a 4D image, a label map with negative or fractional values) is
 skipped with its reason on stderr; the others are reported and the command then exits 1.
@@ -33,6 +33,7 @@ from ml.objects import (
     CaseFiles,
     LoadedCase,
     correction_click,
+    correction_clicks,
     dice_3d,
     find_objects,
     label_names,
@@ -167,11 +168,10 @@ def evaluate_case(
                 result.refine_seconds.append(0.0)
                 continue
             started = time.perf_counter()
-            # As a user's viewer does, every click made on this slice since the prompt goes with the new one.
-            slice_clicks = [earlier for earlier in earlier_clicks if earlier.z == click.z] + [click]
+            clicks = correction_clicks(earlier_clicks, click)
             earlier_clicks.append(click)
             prediction = engine.refine(
-                loaded.image, loaded.spacing, prediction, clicks=slice_clicks, anchor_z=prompt.z
+                loaded.image, loaded.spacing, prediction, clicks=clicks, anchor_z=prompt.z
             )
             result.refine_seconds.append(time.perf_counter() - started)
             result.dice_after.append(dice_3d(prediction, obj.mask))

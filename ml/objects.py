@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,6 +252,14 @@ def correction_click(
     assert best is not None  # errors_per_slice[z] > 0 guarantees one non-empty error map
     y, x = interior_point(best[2], (spacing[1], spacing[2]))
     return Click(z, y, x, positive=best[1])
+
+
+def correction_clicks(earlier: Sequence[Click], click: Click) -> list[Click]:
+    """What a correction hands the engine: ``click`` after the ``earlier`` corrections on its slice (since the
+    object's prompt), as the viewer sends them (``frontend/src/prompts.js``). The corrections network reads
+    a slice's clicks together; a lone negative click on a slice that a positive one just fixed reads as "the
+    object ends before this slice" and empties it."""
+    return [*(previous for previous in earlier if previous.z == click.z), click]
 
 
 def dice_3d(prediction: np.ndarray, truth: np.ndarray) -> float:

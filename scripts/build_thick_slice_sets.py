@@ -66,7 +66,8 @@ def keep_every_kth_slice(
         raise SystemExit(
             f"{splits_path.name} has no validation list for {source.name}: refusing to guess one"
         )
-    cases = [case for case in list_cases(source) if case.case_id in set(wanted)]
+    wanted_ids = set(wanted)
+    cases = [case for case in list_cases(source) if case.case_id in wanted_ids]
     if not cases:
         raise SystemExit(f"none of the validation cases of {source.name} is in {source}")
     target = out / name

@@ -2,8 +2,9 @@
 
 log in -> case list -> open the demo CT (timings from the Performance API) -> window/level -> box prompt ->
 live overlay on >= 10 slices -> negative correction click -> a positive one on that slice (both sent) ->
-re-propagate from the slice -> undo -> redo -> submit. Screenshots of each step go to test-artifacts/e2e/. The viewer exposes itself as
-``window.proplabelViewer`` so the test can map voxels to screen points and wait on its state.
+re-propagate from the slice -> undo -> redo -> submit. Screenshots of each step go to test-artifacts/e2e/.
+The viewer exposes itself as ``window.proplabelViewer`` so the test can map voxels to screen points and wait
+on its state.
 
 Steps from the box prompt on NEED THE LIVE-PROPAGATION BACKEND (issue 5: propagations, refinements,
 undo/redo, WebSocket events, the Celery gpu worker); before it lands they fail at the first wait for a job.

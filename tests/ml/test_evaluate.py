@@ -10,9 +10,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ml.engine import BoxPrompt, MaskPrompt, PointPrompt
+from ml.engine import BoxPrompt, Click, MaskPrompt, PointPrompt
 from ml.evaluate import main, read_split, reorient, select_cases
-from ml.objects import correction_click, find_objects, label_map, list_cases, load_case, make_prompt
+from ml.objects import (
+    correction_click,
+    correction_clicks,
+    find_objects,
+    label_map,
+    list_cases,
+    load_case,
+    make_prompt,
+)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -58,6 +66,13 @@ def test_correction_click_targets_the_largest_error_on_the_worst_slice() -> None
     assert extra[click.z, click.y, click.x] and not truth[click.z, click.y, click.x]
 
     assert correction_click(truth, truth) is None
+
+
+def test_a_correction_carries_the_earlier_clicks_on_its_slice_only() -> None:
+    added, elsewhere = Click(4, 10, 12, positive=True), Click(5, 10, 12, positive=False)
+    removal = Click(4, 20, 3, positive=False)
+    assert correction_clicks([added, elsewhere], removal) == [added, removal]
+    assert correction_clicks([elsewhere], removal) == [removal]
 
 
 def test_split_lists_are_read_in_both_layouts_and_missing_ones_are_none(tmp_path: pathlib.Path) -> None:

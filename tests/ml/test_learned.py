@@ -313,7 +313,15 @@ def test_a_negative_click_sent_with_the_slices_earlier_click_trims_the_object_in
     0.579 -> 0.471); handed both clicks, as the viewer and ``ml.evaluate`` now send them, it keeps the object
     there (38 px, Dice 0.587)."""
     from ml.engine import load_engine
-    from ml.objects import correction_click, dice_3d, find_objects, list_cases, load_case, make_prompt
+    from ml.objects import (
+        correction_click,
+        correction_clicks,
+        dice_3d,
+        find_objects,
+        list_cases,
+        load_case,
+        make_prompt,
+    )
 
     dataset = SHARED_DATA / "Dataset004_TotalSegmentatorMR"
     if not dataset.is_dir():
@@ -327,16 +335,16 @@ def test_a_negative_click_sent_with_the_slices_earlier_click_trims_the_object_in
     earlier = []
     for _ in range(3):
         click = correction_click(mask, iliopsoas.mask, loaded.spacing)
-        on_slice = [previous for previous in earlier if previous.z == click.z]
-        if not click.positive and any(previous.positive for previous in on_slice):
+        sent = correction_clicks(earlier, click)
+        if not click.positive and any(previous.positive for previous in sent[:-1]):
             break
-        mask = engine.refine(loaded.image, loaded.spacing, mask, clicks=[*on_slice, click], anchor_z=prompt.z)
+        mask = engine.refine(loaded.image, loaded.spacing, mask, clicks=sent, anchor_z=prompt.z)
         earlier.append(click)
     else:
         pytest.fail("the simulated user never removed on a slice it had added to")
 
     alone = engine.refine(loaded.image, loaded.spacing, mask, clicks=[click], anchor_z=prompt.z)
-    together = engine.refine(loaded.image, loaded.spacing, mask, clicks=[*on_slice, click], anchor_z=prompt.z)
+    together = engine.refine(loaded.image, loaded.spacing, mask, clicks=sent, anchor_z=prompt.z)
 
     truth_on_slice = iliopsoas.mask[click.z]
     assert together[click.z].sum() >= truth_on_slice.sum() // 2
