@@ -9,8 +9,9 @@ worst slice and ``refine``, handed that click with the earlier ones on its slice
 Reported: 3D Dice per object (after the prompt and after each correction), mean per label and per data set,
 propagated slices, seconds and ms per slice (the ``segment`` call, prompt slice included). ``--split val``
 takes the validation case list of ``ml/splits.json`` (never the training cases); when the data set has no
-entry there, it says so and evaluates all cases. A case that cannot be read or that the engine refuses (NaN voxels, a 4D image, a label map with negative or fractional values) is
-skipped with its reason on stderr; the others are reported and the command then exits 1.
+entry there, it says so and evaluates all cases. A case that cannot be read or that the engine refuses (NaN
+voxels, a 4D image, a label map with negative or fractional values) is skipped with its reason on stderr;
+the others are reported and the command then exits 1.
 ``--orientation`` hands the engine every case flipped top-bottom (``flip-y``) or left-right (``flip-x``),
 or with rows and columns swapped (``swap-yx``), as files from another scanner or exporter may come.
 """
