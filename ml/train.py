@@ -733,8 +733,11 @@ def propmask_step(
     tasks: int = 8,
     teacher: PropMask | None = None,
     distill_weight: float = 1.0,
+    slice_dice_weight: float = 0.0,
 ) -> dict[str, float]:
     """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses.
+
+    ``slice_dice_weight`` x ``slice_dice_loss`` is added to the mask loss (0: not computed).
 
     With a ``teacher`` (a frozen PropMask at an input size >= the student's), the tasks are drawn at the
     teacher's size, shown to the student area-downsampled (``resized_batch``), and ``distill_weight`` x
@@ -748,7 +751,10 @@ def propmask_step(
         batch = resized_batch(seen_by_teacher, config.input_size)
     rollout_guides = apply_rollout_guides(propmask, batch, device)
     output = propmask(batch.guide.to(device), batch.guide_mask.to(device), batch.adjacent.to(device))
-    mask_loss = segmentation_loss(output.masks, batch.target.to(device))
+    target = batch.target.to(device)
+    mask_loss = segmentation_loss(output.masks, target)
+    if slice_dice_weight > 0.0:
+        mask_loss = mask_loss + slice_dice_weight * slice_dice_loss(output.masks[0], target)
     present_loss = (
         F.binary_cross_entropy_with_logits(output.present, batch.present.to(device))
         if output.present is not None
@@ -786,6 +792,23 @@ def segmentation_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch
         bce = F.binary_cross_entropy_with_logits(level_logits, level_target)
         total = total + weight * (dice + bce)
     return total / sum(weights)
+
+
+def slice_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice loss over the target slices that hold the object, each slice on its own.
+
+    ``logits``/``target`` ``(N, C, S, S)``. The batch Dice of ``segmentation_loss`` weighs a slice by its
+    area, so the few pixels of an object's last slices barely count and the network learns to give up on
+    them early; here every non-empty slice counts alike. 0 when no target slice holds the object.
+    """
+    probabilities = torch.sigmoid(logits).flatten(2)
+    truth = target.flatten(2)
+    filled = truth.sum(dim=2) > 0
+    if not bool(filled.any()):
+        return torch.zeros((), device=logits.device)
+    intersection = (probabilities * truth).sum(dim=2)
+    per_slice = 1.0 - (2.0 * intersection + 1.0) / (probabilities.sum(dim=2) + truth.sum(dim=2) + 1.0)
+    return per_slice[filled].mean()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1161,6 +1184,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "small next to Dice + BCE)",
     )
     parser.add_argument(
+        "--slice-dice-weight",
+        type=float,
+        default=0.0,
+        help="weight of a per-slice Dice term on PropMask's non-empty target slices (0 = off): every slice "
+        "counts alike, so an object's small last slices are not given up early",
+    )
+    parser.add_argument(
         "--max-steps", type=int, default=0, help="stop after this many steps (0 = only the time budget)"
     )
     args = parser.parse_args(argv)
@@ -1181,6 +1211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.distill_weight = 1.0
     if args.distill_weight is not None and args.distill_weight <= 0.0:
         parser.error(f"--distill-weight must be > 0, got {args.distill_weight}")
+    if args.slice_dice_weight < 0.0:
+        parser.error(f"--slice-dice-weight must be >= 0, got {args.slice_dice_weight}")
     if args.teacher is not None and not args.teacher.is_file():
         parser.error(f"--teacher {args.teacher}: no such file")
     try:
@@ -1329,6 +1361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "networks": args.networks,
             "teacher": str(args.teacher) if args.teacher is not None else None,
             "distill_weight": args.distill_weight,
+            "slice_dice_weight": args.slice_dice_weight,
             "hardware": f"{device.type}, {torch.get_num_threads()} threads",
             "command": " ".join(sys.argv),
         }
@@ -1388,6 +1421,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.tasks,
                     teacher=teacher,
                     distill_weight=args.distill_weight or 1.0,
+                    slice_dice_weight=args.slice_dice_weight,
                 )
             )
         if args.networks == "box2mask" or (args.networks == "both" and step % args.box_every == 0):

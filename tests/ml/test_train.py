@@ -422,6 +422,23 @@ def test_a_corrections_only_sampler_gives_every_sample_a_mask_to_correct() -> No
         train.parse_args(["--box2mask-corrections", "1.5"])
 
 
+def test_the_slice_dice_term_counts_an_objects_small_last_slice_as_much_as_its_largest() -> None:
+    target = torch.zeros((1, 3, 32, 32))
+    target[0, 0, 4:28, 4:28] = 1.0  # the object's large slice, 576 px
+    target[0, 1, 10:12, 10:12] = 1.0  # its last slice, 4 px; slice 2 lies past its end
+    confident = torch.full_like(target, -20.0)
+    confident[0, 0][target[0, 0] > 0] = 20.0  # the large slice right, the small one given up
+    batch_dice = train.segmentation_loss([confident], target)
+    per_slice = train.slice_dice_loss(confident, target)
+    assert per_slice > 0.39, "one of the two non-empty slices is missed entirely (its smoothed loss 0.8)"
+    assert per_slice > 5 * batch_dice, "the area-weighted loss hardly notices the missed slice"
+    confident[0, 1][target[0, 1] > 0] = 20.0
+    assert train.slice_dice_loss(confident, target) < 0.01, "the empty slice past the end does not count"
+    assert train.slice_dice_loss(confident, torch.zeros_like(target)) == 0.0
+    with pytest.raises(SystemExit):
+        train.parse_args(["--slice-dice-weight", "-1"])
+
+
 def test_loss_falls_when_fitting_a_fixed_batch(sampler: train.TaskSampler) -> None:
     torch.manual_seed(0)
     propmask, box2mask = PropMask(TINY_PROPMASK), Box2Mask(TINY_BOX2MASK)
