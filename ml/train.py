@@ -737,7 +737,8 @@ def propmask_step(
 ) -> dict[str, float]:
     """One PropMask optimisation step on ``tasks`` tasks (a share of them rollout-guided); its losses.
 
-    ``slice_dice_weight`` x ``slice_dice_loss`` is added to the mask loss (0: not computed).
+    ``slice_dice_weight`` x ``slice_dice_loss`` of the finest output is added to the mask loss (0: not
+    computed).
 
     With a ``teacher`` (a frozen PropMask at an input size >= the student's), the tasks are drawn at the
     teacher's size, shown to the student area-downsampled (``resized_batch``), and ``distill_weight`` x
